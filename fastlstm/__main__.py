@@ -1,0 +1,5 @@
+import sys
+
+from fastlstm.cli import main
+
+sys.exit(main())
