@@ -1,0 +1,274 @@
+"""Reference backend: the LSTM recurrence in plain PyTorch, with hand-written BPTT.
+
+This is the oracle every other backend is tested against, and the fallback that runs on any
+device and dtype. It is written for clarity first, but it is not naive about cost:
+
+- the input projection ``x @ W_ih^T + b`` for all timesteps is one GEMM before the loop;
+- the time loop does only the recurrent matmul, the gate nonlinearities and the cell update;
+- backward is backpropagation through time written by hand (reverse loop over the saved gate
+  activations and cell states), and the weight gradients are single GEMMs after the loop,
+  instead of autograd recording a graph of ~10 nodes per timestep.
+
+Equations (gate order i, f, g, o as in ``torch.nn.LSTM``; ``P`` = proj_size or ``H``)::
+
+    a_t = x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T        # [B, 4H]
+    i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o);  g = tanh(a_g)
+    c_t = f * c_{t-1} + i * g
+    r_t = o * tanh(c_t)                                     # [B, H]
+    h_t = r_t W_hr^T  if proj_size else r_t                 # [B, P]
+
+Variable lengths: a sequence's state is frozen after its last valid step, its output is zero
+there, and ``reverse`` runs each sequence backwards from its own last valid step. The
+reference implements reversal by reversing every sequence within its length (an involutive
+gather), running forward, and reversing the results back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "recurrence_backward",
+    "recurrence_forward",
+    "run_direction",
+]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # State and accumulation in fp32 for half types; float64 stays float64 for gradcheck.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def reverse_index(lengths: Tensor, T: int) -> Tensor:
+    """Index ``[T, B]`` that reverses each sequence within its length and leaves padding.
+
+    Applying it twice is the identity, so the same index reverses results back.
+    """
+    t = torch.arange(T, device=lengths.device).unsqueeze(1)  # [T, 1]
+    lengths = lengths.unsqueeze(0)  # [1, B]
+    return torch.where(t < lengths, lengths - 1 - t, t)  # [T, B]
+
+
+def _reverse(seq: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse ``seq [T, B, ...]`` in time, each sequence within its own length."""
+    if lengths is None:
+        return seq.flip(0)
+    index = reverse_index(lengths, seq.shape[0])  # [T, B]
+    index = index.view(*index.shape, *([1] * (seq.dim() - 2))).expand_as(seq)
+    return seq.gather(0, index)
+
+
+def _step_mask(lengths: Tensor | None, t: int) -> Tensor | None:
+    return None if lengths is None else (t < lengths).unsqueeze(1)  # [B, 1]
+
+
+def recurrence_forward(
+    xp: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the recurrence over a precomputed input projection (no autograd).
+
+    Args:
+        xp: ``[T, B, 4H]`` input projection with both biases added.
+        w_hh: ``[4H, P]`` recurrent weight.
+        w_hr: ``[P, H]`` projection weight, or None.
+        h0, c0: ``[B, P]`` and ``[B, H]`` initial state.
+        lengths: ``[B]`` int64 valid lengths (``1 <= len <= T``), or None for all ``T``.
+        reverse: run each sequence backwards from its last valid step.
+
+    Returns:
+        ``out [T, B, P]`` (dtype of ``xp``, zero past each length), ``h_n [B, P]``,
+        ``c_n [B, H]``, and for backward ``gates [T, B, 4H]`` (activations i, f, g, o) and
+        ``cs [T, B, H]`` (cell state after each step), both in the accumulation dtype and
+        stored at sequence positions.
+    """
+    T, B, G = xp.shape
+    H = G // 4
+    acc = _acc_dtype(xp.dtype)
+    if reverse:
+        xp = _reverse(xp, lengths)
+    w_hh_t = w_hh.to(acc).t()  # [P, 4H]
+    w_hr_t = None if w_hr is None else w_hr.to(acc).t()  # [H, P]
+    h, c = h0.to(acc), c0.to(acc)
+    P = h.shape[1]
+    out = xp.new_zeros(T, B, P, dtype=acc)
+    gates = xp.new_zeros(T, B, G, dtype=acc)
+    cs = xp.new_zeros(T, B, H, dtype=acc)
+    steps = T if lengths is None else int(lengths.max())
+    for t in range(steps):
+        a = gates[t]  # [B, 4H]
+        torch.addmm(xp[t].to(acc), h, w_hh_t, out=a)
+        a[:, : 2 * H].sigmoid_()
+        a[:, 2 * H : 3 * H].tanh_()
+        a[:, 3 * H :].sigmoid_()
+        i, f, g, o = a.chunk(4, 1)
+        c_new = torch.addcmul(f * c, i, g)
+        h_new = o * c_new.tanh()
+        if w_hr_t is not None:
+            h_new = h_new @ w_hr_t
+        mask = _step_mask(lengths, t)
+        if mask is None:
+            h, c = h_new, c_new
+            out[t] = h_new
+        else:
+            h, c = torch.where(mask, h_new, h), torch.where(mask, c_new, c)
+            out[t] = h_new * mask
+        cs[t] = c
+    if reverse:
+        out, gates, cs = (_reverse(s, lengths) for s in (out, gates, cs))
+    return out.to(xp.dtype), h.to(h0.dtype), c.to(c0.dtype), gates, cs
+
+
+def recurrence_backward(
+    d_out: Tensor,
+    d_hn: Tensor,
+    d_cn: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    c0: Tensor,
+    gates: Tensor,
+    cs: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Backpropagation through time over the saved ``gates`` and ``cs`` (no autograd).
+
+    Returns ``d_xp [T, B, 4H]`` (gradient of the gate pre-activations, zero past each
+    length), ``d_h0 [B, P]``, ``d_c0 [B, H]`` and, with a projection, ``d_hs [T, B, P]``:
+    the total gradient reaching each step's projected ``h`` (for ``dW_hr``), else None.
+    All in the accumulation dtype.
+    """
+    T, B, G = gates.shape
+    acc = gates.dtype
+    if reverse:
+        d_out, gates, cs = (_reverse(s, lengths) for s in (d_out, gates, cs))
+    w_hh = w_hh.to(acc)  # [4H, P]
+    w_hr = None if w_hr is None else w_hr.to(acc)  # [P, H]
+    dh, dc = d_hn.to(acc), d_cn.to(acc)
+    c0 = c0.to(acc)
+    d_xp = gates.new_zeros(T, B, G)
+    d_hs = None if w_hr is None else gates.new_zeros(T, B, dh.shape[1])
+    steps = T if lengths is None else int(lengths.max())
+    for t in reversed(range(steps)):
+        mask = _step_mask(lengths, t)
+        # Padded outputs are constant zero: their cotangent does not reach the state.
+        dh_t = dh + (d_out[t] if mask is None else d_out[t] * mask)
+        if d_hs is not None:
+            d_hs[t] = dh_t if mask is None else dh_t * mask
+            dr = dh_t @ w_hr  # [B, H]
+        else:
+            dr = dh_t
+        i, f, g, o = gates[t].chunk(4, 1)
+        tc = cs[t].tanh()
+        c_prev = cs[t - 1] if t > 0 else c0
+        dc_t = torch.addcmul(dc, dr * o, 1 - tc * tc)
+        da = d_xp[t]  # [B, 4H]
+        da_i, da_f, da_g, da_o = da.chunk(4, 1)
+        torch.mul(dc_t * g, i * (1 - i), out=da_i)
+        torch.mul(dc_t * c_prev, f * (1 - f), out=da_f)
+        torch.mul(dc_t * i, 1 - g * g, out=da_g)
+        torch.mul(dr * tc, o * (1 - o), out=da_o)
+        if mask is not None:
+            da.mul_(mask)
+        dh_prev = da @ w_hh  # [B, P]
+        dc_prev = dc_t * f
+        if mask is None:
+            dh, dc = dh_prev, dc_prev
+        else:
+            # A finished sequence's state passes through unchanged, and so does its gradient.
+            dh, dc = torch.where(mask, dh_prev, dh), torch.where(mask, dc_prev, dc)
+    if reverse:
+        d_xp = _reverse(d_xp, lengths)
+        if d_hs is not None:
+            d_hs = _reverse(d_hs, lengths)
+    return d_xp, dh, dc, d_hs
+
+
+def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """``h_{t-1}`` for every position ``[T, B, P]``: the state each step multiplied by W_hh.
+
+    Positions past a sequence's end get zeros or stale values; their gate gradients are
+    zero, so they contribute nothing to ``dW_hh``.
+    """
+    h0 = h0.to(out.dtype).unsqueeze(0)  # [1, B, P]
+    if not reverse:
+        return torch.cat([h0, out[:-1]], 0)
+    prev = torch.cat([out[1:], torch.zeros_like(h0)], 0)  # [T, B, P]
+    if lengths is None:
+        prev[-1] = h0[0]
+    else:
+        # The first step of a reversed sequence is its last valid position.
+        prev[lengths - 1, torch.arange(out.shape[1], device=out.device)] = h0[0]
+    return prev
+
+
+class ReferenceLSTMFunction(torch.autograd.Function):
+    """One direction of one layer with hand-written BPTT (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
+        xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
+        if b_ih is not None:
+            xp = xp + (b_ih + b_hh)
+        out, h_n, c_n, gates, cs = recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
+        ctx.has_bias = b_ih is not None
+        ctx.reverse = reverse
+        return out, h_n, c_n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_hn, d_cn):
+        x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
+        d_xp, d_h0, d_c0, d_hs = recurrence_backward(
+            d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, ctx.reverse
+        )
+        G = d_xp.shape[-1]
+        d_xp2 = d_xp.reshape(-1, G)  # [T*B, 4H]
+        dx = torch.matmul(d_xp, w_ih.to(d_xp.dtype)).to(x.dtype)
+        dw_ih = (d_xp2.t() @ x.reshape(-1, x.shape[-1]).to(d_xp.dtype)).to(w_ih.dtype)
+        h_prev = previous_states(out.to(d_xp.dtype), h0, lengths, ctx.reverse)
+        dw_hh = (d_xp2.t() @ h_prev.reshape(-1, h_prev.shape[-1])).to(w_hh.dtype)
+        db = d_xp2.sum(0).to(w_ih.dtype) if ctx.has_bias else None
+        dw_hr = None
+        if w_hr is not None:
+            o = gates[..., 3 * cs.shape[-1] :]  # [T, B, H]
+            r = o * cs.tanh()  # [T, B, H]
+            dw_hr = (d_hs.reshape(-1, d_hs.shape[-1]).t() @ r.reshape(-1, r.shape[-1])).to(
+                w_hr.dtype
+            )
+        return dx, dw_ih, dw_hh, db, db, dw_hr, d_h0.to(h0.dtype), d_c0.to(c0.dtype), None, None
+
+
+def run_direction(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of one LSTM layer in plain PyTorch (the backend seam; see DESIGN.md).
+
+    Args:
+        x: ``[T, B, I]`` padded input.
+        w_ih, w_hh: ``[4H, I]`` and ``[4H, P]`` weights; b_ih, b_hh: ``[4H]`` or None.
+        w_hr: ``[P, H]`` projection weight, or None.
+        h0, c0: ``[B, P]`` and ``[B, H]`` initial state.
+        lengths: ``[B]`` int64 valid lengths, or None when every sequence has length ``T``.
+        reverse: run each sequence backwards from its own last valid step.
+
+    Returns:
+        ``out [T, B, P]`` (zero past each length), ``h_n [B, P]``, ``c_n [B, H]``.
+    """
+    return ReferenceLSTMFunction.apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse)
