@@ -1,3 +1,12 @@
-"""fastlstm: a drop-in ``torch.nn.LSTM`` whose recurrence runs in fused Triton kernels."""
+"""fastlstm: a drop-in ``torch.nn.LSTM`` whose recurrence runs in fused Triton kernels.
+
+Swap ``torch.nn.LSTM`` for :class:`fastlstm.LSTM`; everything else stays the same.
+"""
+
+from fastlstm.backends import BACKENDS, select_backend
+from fastlstm.functional import lstm
+from fastlstm.module import LSTM
 
 __version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "LSTM", "__version__", "lstm", "select_backend"]

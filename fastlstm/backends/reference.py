@@ -50,7 +50,7 @@ def reverse_index(lengths: Tensor, T: int) -> Tensor:
     return torch.where(t < lengths, lengths - 1 - t, t)  # [T, B]
 
 
-def _reverse(seq: Tensor, lengths: Tensor | None) -> Tensor:
+def reverse_within_lengths(seq: Tensor, lengths: Tensor | None) -> Tensor:
     """Reverse ``seq [T, B, ...]`` in time, each sequence within its own length."""
     if lengths is None:
         return seq.flip(0)
@@ -92,7 +92,7 @@ def recurrence_forward(
     H = G // 4
     acc = _acc_dtype(xp.dtype)
     if reverse:
-        xp = _reverse(xp, lengths)
+        xp = reverse_within_lengths(xp, lengths)
     w_hh_t = w_hh.to(acc).t()  # [P, 4H]
     w_hr_t = None if w_hr is None else w_hr.to(acc).t()  # [H, P]
     h, c = h0.to(acc), c0.to(acc)
@@ -121,7 +121,7 @@ def recurrence_forward(
             out[t] = h_new * mask
         cs[t] = c
     if reverse:
-        out, gates, cs = (_reverse(s, lengths) for s in (out, gates, cs))
+        out, gates, cs = (reverse_within_lengths(s, lengths) for s in (out, gates, cs))
     return out.to(xp.dtype), h.to(h0.dtype), c.to(c0.dtype), gates, cs
 
 
@@ -147,7 +147,7 @@ def recurrence_backward(
     T, B, G = gates.shape
     acc = gates.dtype
     if reverse:
-        d_out, gates, cs = (_reverse(s, lengths) for s in (d_out, gates, cs))
+        d_out, gates, cs = (reverse_within_lengths(s, lengths) for s in (d_out, gates, cs))
     w_hh = w_hh.to(acc)  # [4H, P]
     w_hr = None if w_hr is None else w_hr.to(acc)  # [P, H]
     dh, dc = d_hn.to(acc), d_cn.to(acc)
@@ -184,9 +184,9 @@ def recurrence_backward(
             # A finished sequence's state passes through unchanged, and so does its gradient.
             dh, dc = torch.where(mask, dh_prev, dh), torch.where(mask, dc_prev, dc)
     if reverse:
-        d_xp = _reverse(d_xp, lengths)
+        d_xp = reverse_within_lengths(d_xp, lengths)
         if d_hs is not None:
-            d_hs = _reverse(d_hs, lengths)
+            d_hs = reverse_within_lengths(d_hs, lengths)
     return d_xp, dh, dc, d_hs
 
 

@@ -1,0 +1,148 @@
+"""``fastlstm.LSTM``: a drop-in ``torch.nn.LSTM`` that dispatches to a fast backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fastlstm.backends import BACKENDS
+from fastlstm.functional import lstm_with_backend
+
+__all__ = ["LSTM"]
+
+
+def packed_to_padded(packed: PackedSequence) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Unpack in the caller's batch order with one scatter.
+
+    Returns ``padded [T, B, *]``, ``lengths [B]`` and the ``(t, b)`` index pair of every
+    packed row, which :func:`padded_to_packed` reuses to pack the output the same way.
+    """
+    data, batch_sizes = packed.data, packed.batch_sizes  # [N, *], [T] (on the CPU)
+    T, B = batch_sizes.numel(), int(batch_sizes[0])
+    t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes)  # [N]
+    starts = torch.cumsum(batch_sizes, 0) - batch_sizes  # [T]
+    rank = torch.arange(data.shape[0]) - starts[t_idx]  # position within the sorted batch
+    sorted_lengths = (batch_sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # [B]
+    if packed.sorted_indices is None:
+        b_idx, lengths = rank, sorted_lengths
+    else:
+        order = packed.sorted_indices.cpu()
+        b_idx = order[rank]
+        lengths = torch.empty_like(sorted_lengths)
+        lengths[order] = sorted_lengths
+    t_idx, b_idx = t_idx.to(data.device), b_idx.to(data.device)
+    padded = data.new_zeros(T, B, *data.shape[1:])
+    padded = padded.index_put((t_idx, b_idx), data)
+    return padded, lengths, t_idx, b_idx
+
+
+def padded_to_packed(
+    padded: Tensor, like: PackedSequence, t_idx: Tensor, b_idx: Tensor
+) -> PackedSequence:
+    """Pack ``padded [T, B, *]`` with the layout (and sort order) of ``like``."""
+    return PackedSequence(
+        padded[t_idx, b_idx], like.batch_sizes, like.sorted_indices, like.unsorted_indices
+    )
+
+
+class LSTM(nn.LSTM):
+    """A drop-in replacement for :class:`torch.nn.LSTM` that runs on a faster backend.
+
+    Same constructor, parameters (names, shapes, initialisation), ``state_dict``, forward
+    signature and return types as ``torch.nn.LSTM``; it is a subclass, so code that checks
+    ``isinstance(m, nn.LSTM)`` keeps working.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        proj_size, device, dtype: exactly as :class:`torch.nn.LSTM`.
+        backend: keyword-only; ``"auto"`` (default) picks the fastest correct backend for
+            each call's device, dtype and shape, ``"reference"`` runs the pure-PyTorch
+            implementation, ``"aten"`` the fused op that ``nn.LSTM`` runs, ``"triton"`` the
+            fused Triton kernels. A named backend that cannot serve a call raises an error.
+
+    Forward:
+        ``forward(input, hx=None, *, lengths=None)``. ``input`` is ``[T, B, I]``,
+        ``[B, T, I]`` with ``batch_first``, unbatched ``[T, I]``, or a ``PackedSequence``.
+        ``lengths`` (a 1-D integer tensor) is an alternative to packing for padded input:
+        outputs past each length are zero and ``(h_n, c_n)`` are taken at each sequence's
+        last valid step. Returns ``output, (h_n, c_n)`` exactly as ``nn.LSTM`` does.
+
+    Attributes:
+        last_backend: the backend that ran the most recent forward call (None before one).
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+        self.last_backend: str | None = None
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(  # type: ignore[override]
+        self,
+        input: Tensor | PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        packed = input if isinstance(input, PackedSequence) else None
+        batch_first = self.batch_first
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError(
+                    "lengths: a PackedSequence already carries its lengths; pass either a "
+                    "PackedSequence or a padded tensor with lengths=, not both"
+                )
+            x, lengths, t_idx, b_idx = packed_to_padded(packed)
+            batch_first = False
+        elif isinstance(input, Tensor):
+            x = input
+        else:
+            raise TypeError(
+                f"input: expected a Tensor or a PackedSequence, got {type(input).__name__}"
+            )
+
+        unbatched = packed is None and x.dim() == 2
+        if packed is None and x.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {x.dim()}D instead")
+        if hx is not None and isinstance(hx, (tuple, list)) and len(hx) == 2:
+            want = 2 if unbatched else 3
+            dims = tuple(getattr(t, "dim", lambda: -1)() for t in hx)
+            if dims != (want, want):
+                kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({dims[0]}-D, {dims[1]}-D) tensors"
+                )
+        if unbatched:
+            x = x.unsqueeze(0 if batch_first else 1)
+            if hx is not None:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            if lengths is not None:
+                raise ValueError("lengths: not supported for unbatched 2-D input")
+
+        out, (h_n, c_n), choice = lstm_with_backend(
+            x,
+            hx,
+            self._flat_weights,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            training=self.training,
+            batch_first=batch_first,
+            lengths=lengths,
+            backend=self.backend,
+        )
+        self.last_backend = choice.name
+
+        if packed is not None:
+            return padded_to_packed(out, packed, t_idx, b_idx), (h_n, c_n)
+        if unbatched:
+            out = out.squeeze(0 if batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return out, (h_n, c_n)
