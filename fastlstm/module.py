@@ -46,12 +46,14 @@ def padded_to_packed(
     )
 
 
-class LSTM(nn.LSTM):
+class LSTM(nn.RNNBase):
     """A drop-in replacement for :class:`torch.nn.LSTM` that runs on a faster backend.
 
     Same constructor, parameters (names, shapes, initialisation), ``state_dict``, forward
-    signature and return types as ``torch.nn.LSTM``; it is a subclass, so code that checks
-    ``isinstance(m, nn.LSTM)`` keeps working.
+    signature and return types as ``torch.nn.LSTM``. It derives from ``nn.RNNBase`` in
+    ``"LSTM"`` mode (exactly what ``nn.LSTM`` is) rather than from ``nn.LSTM`` itself,
+    because ``torch.compile`` refuses to trace any ``nn.LSTM`` instance; so
+    ``isinstance(m, nn.LSTM)`` is False, while ``isinstance(m, nn.RNNBase)`` holds.
 
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -72,10 +74,36 @@ class LSTM(nn.LSTM):
         last_backend: the backend that ran the most recent forward call (None before one).
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        backend: str = "auto",
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            "LSTM",
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            proj_size=proj_size,
+            device=device,
+            dtype=dtype,
+        )
         self.backend = backend
         self.last_backend: str | None = None
 

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import fastlstm
 from fastlstm.backends import select_backend
+
 from helpers import assert_close
 
 
@@ -66,8 +67,18 @@ CASES = [
     Case(6, 1, 4, 6, bidir=True, batch_first=True, form="unbatched"),
     Case(7, 4, 5, 11, bidir=True, form="packed", lengths=(7, 5, 2, 1)),
     Case(7, 4, 5, 11, layers=2, bidir=True, form="packed-unsorted", lengths=(2, 7, 1, 5)),
-    Case(6, 5, 3, 9, layers=2, bidir=True, proj=5, batch_first=True, form="packed-unsorted",
-         lengths=(3, 6, 6, 1, 4)),
+    Case(
+        6,
+        5,
+        3,
+        9,
+        layers=2,
+        bidir=True,
+        proj=5,
+        batch_first=True,
+        form="packed-unsorted",
+        lengths=(3, 6, 6, 1, 4),
+    ),
     Case(9, 3, 4, 17, bidir=True, batch_first=True, form="lengths", lengths=(9, 4, 6)),
     Case(8, 4, 5, 10, layers=2, proj=3, form="lengths", lengths=(8, 8, 8, 8)),
     Case(5, 3, 4, 7, layers=2, bidir=True, form="lengths", lengths=(5, 1, 3), with_hx=False),

@@ -208,15 +208,68 @@ def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bo
     return prev
 
 
+def direction_forward(
+    recurrence, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Input projection as one GEMM, then ``recurrence`` (a ``recurrence_forward``).
+
+    Shared by every backend that implements the recurrence primitives, so the GEMMs around
+    the time loop live in one place. Returns ``out, h_n, c_n, gates, cs``.
+    """
+    xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
+    if b_ih is not None:
+        xp = xp + (b_ih + b_hh)
+    return recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+
+
+def direction_backward(
+    recurrence_bwd,
+    d_out,
+    d_hn,
+    d_cn,
+    x,
+    w_ih,
+    w_hh,
+    w_hr,
+    h0,
+    c0,
+    lengths,
+    out,
+    gates,
+    cs,
+    reverse,
+    has_bias,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor, Tensor]:
+    """BPTT with ``recurrence_bwd``, then the weight gradients as single GEMMs.
+
+    Returns ``dx, dw_ih, dw_hh, db (for b_ih and b_hh alike), dw_hr, dh0, dc0``.
+    """
+    d_xp, d_h0, d_c0, d_hs = recurrence_bwd(
+        d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse
+    )
+    acc = d_xp.dtype
+    d_xp2 = d_xp.reshape(-1, d_xp.shape[-1])  # [T*B, 4H]
+    dx = torch.matmul(d_xp, w_ih.to(acc)).to(x.dtype)  # [T, B, I]
+    dw_ih = (d_xp2.t() @ x.reshape(-1, x.shape[-1]).to(acc)).to(w_ih.dtype)  # [4H, I]
+    h_prev = previous_states(out.to(acc), h0, lengths, reverse)  # [T, B, P]
+    dw_hh = (d_xp2.t() @ h_prev.reshape(-1, h_prev.shape[-1])).to(w_hh.dtype)  # [4H, P]
+    db = d_xp2.sum(0).to(w_ih.dtype) if has_bias else None
+    dw_hr = None
+    if w_hr is not None:
+        H = cs.shape[-1]
+        r = gates[..., 3 * H :].to(acc) * cs.to(acc).tanh()  # [T, B, H]
+        dw_hr = (d_hs.reshape(-1, d_hs.shape[-1]).t() @ r.reshape(-1, H)).to(w_hr.dtype)
+    return dx, dw_ih, dw_hh, db, dw_hr, d_h0.to(h0.dtype), d_c0.to(c0.dtype)
+
+
 class ReferenceLSTMFunction(torch.autograd.Function):
     """One direction of one layer with hand-written BPTT (see module docstring)."""
 
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
-        xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
-        if b_ih is not None:
-            xp = xp + (b_ih + b_hh)
-        out, h_n, c_n, gates, cs = recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+        out, h_n, c_n, gates, cs = direction_forward(
+            recurrence_forward, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+        )
         ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
         ctx.has_bias = b_ih is not None
         ctx.reverse = reverse
@@ -226,24 +279,25 @@ class ReferenceLSTMFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
         x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
-        d_xp, d_h0, d_c0, d_hs = recurrence_backward(
-            d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, ctx.reverse
+        dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = direction_backward(
+            recurrence_backward,
+            d_out,
+            d_hn,
+            d_cn,
+            x,
+            w_ih,
+            w_hh,
+            w_hr,
+            h0,
+            c0,
+            lengths,
+            out,
+            gates,
+            cs,
+            ctx.reverse,
+            ctx.has_bias,
         )
-        G = d_xp.shape[-1]
-        d_xp2 = d_xp.reshape(-1, G)  # [T*B, 4H]
-        dx = torch.matmul(d_xp, w_ih.to(d_xp.dtype)).to(x.dtype)
-        dw_ih = (d_xp2.t() @ x.reshape(-1, x.shape[-1]).to(d_xp.dtype)).to(w_ih.dtype)
-        h_prev = previous_states(out.to(d_xp.dtype), h0, lengths, ctx.reverse)
-        dw_hh = (d_xp2.t() @ h_prev.reshape(-1, h_prev.shape[-1])).to(w_hh.dtype)
-        db = d_xp2.sum(0).to(w_ih.dtype) if ctx.has_bias else None
-        dw_hr = None
-        if w_hr is not None:
-            o = gates[..., 3 * cs.shape[-1] :]  # [T, B, H]
-            r = o * cs.tanh()  # [T, B, H]
-            dw_hr = (d_hs.reshape(-1, d_hs.shape[-1]).t() @ r.reshape(-1, r.shape[-1])).to(
-                w_hr.dtype
-            )
-        return dx, dw_ih, dw_hh, db, db, dw_hr, d_h0.to(h0.dtype), d_c0.to(c0.dtype), None, None
+        return dx, dw_ih, dw_hh, db, db, dw_hr, dh0, dc0, None, None
 
 
 def run_direction(
