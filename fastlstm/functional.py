@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -9,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastlstm.backends import BackendChoice, get_backend, select_backend
+from fastlstm.backends import BackendChoice, compiled, get_backend, select_backend
+from fastlstm.backends.compiled import COMPILED_BACKENDS
 
 __all__ = ["check_lengths", "lstm", "lstm_with_backend"]
 
@@ -126,18 +128,29 @@ def lstm_with_backend(
         hx = (zeros(num_layers * D, B, P), zeros(num_layers * D, B, H))
     else:
         _check_hidden(hx, (num_layers * D, B, P), (num_layers * D, B, H), x)
+    compiling = torch.compiler.is_compiling()
     if lengths is not None:
-        lengths = check_lengths(lengths, B, T, x.device)
-        if bool((lengths == T).all()):
-            # Every sequence is full: the plain path is the same computation, and faster.
-            lengths = None
+        if compiling:
+            # Value checks would read the tensor back and break the graph.
+            lengths = lengths.to(device=x.device, dtype=torch.int64)
+        else:
+            lengths = check_lengths(lengths, B, T, x.device)
+            if bool((lengths == T).all()):
+                # Every sequence is full: the plain path is the same computation, and faster.
+                lengths = None
 
     choice = select_backend(backend, x.device, x.dtype, H, P if has_proj else 0)
-    logger.debug("fastlstm backend %r: %s", choice.name, choice.reason)
-    impl = get_backend(choice.name)
+    if compiling:
+        # Under torch.compile every direction runs through the opaque custom op.
+        name = choice.name if choice.name in COMPILED_BACKENDS else "reference"
+        impl = functools.partial(compiled.run_direction, backend=name)
+    else:
+        logger.debug("fastlstm backend %r: %s", choice.name, choice.reason)
+        impl = get_backend(choice.name).run_direction
 
-    if choice.name == "aten" and lengths is None:
-        out, h_n, c_n = impl.run_stack(
+    if choice.name == "aten" and lengths is None and not compiling:
+        stack = get_backend("aten").run_stack
+        out, h_n, c_n = stack(
             x, tuple(hx), list(weights), has_biases, num_layers, dropout, training, bidirectional
         )
     else:
@@ -152,7 +165,7 @@ def lstm_with_backend(
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
                 w_hr = w[-1] if has_proj else None
-                out_d, h_d, c_d = impl.run_direction(
+                out_d, h_d, c_d = impl(
                     layer_in, w_ih, w_hh, b_ih, b_hh, w_hr, h0[k], c0[k], lengths, direction == 1
                 )
                 outs.append(out_d)

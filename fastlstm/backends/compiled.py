@@ -1,0 +1,167 @@
+"""One LSTM direction as a ``torch.library`` custom op, for ``torch.compile``.
+
+``torch.compile`` refuses to trace ``nn.LSTM`` and would unroll a Python time loop step by
+step. Registering the direction as an opaque custom op (with a fake implementation for
+shape propagation and a registered autograd formula) lets ``torch.compile(model,
+fullgraph=True)`` trace a model holding :class:`fastlstm.LSTM` with no graph break: the
+compiled graph calls the op, whose implementation runs the Triton kernels on CUDA and the
+reference recurrence elsewhere. Eager mode does not go through here; it calls the backends
+directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastlstm.backends import reference
+
+__all__ = ["COMPILED_BACKENDS", "run_direction"]
+
+# Backends whose recurrence primitives the op can call (the aten op exposes no saved state).
+COMPILED_BACKENDS = ("reference", "triton")
+
+
+def _primitives(backend: str):
+    if backend == "triton":
+        from fastlstm import kernels
+
+        return kernels.lstm_recurrence_forward, kernels.lstm_recurrence_backward
+    return reference.recurrence_forward, reference.recurrence_backward
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.custom_op("fastlstm::lstm_direction", mutates_args=())
+def lstm_direction_op(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``out, h_n, c_n`` and the saved ``gates, cs`` that backward needs."""
+    recurrence, _ = _primitives(backend)
+    out, h_n, c_n, gates, cs = reference.direction_forward(
+        recurrence, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+    )
+    return out, h_n.clone(), c_n.clone(), gates, cs
+
+
+@lstm_direction_op.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
+    T, B, _ = x.shape
+    G, P = w_hh.shape
+    acc = _acc_dtype(x.dtype)
+    return (
+        x.new_empty(T, B, P),
+        h0.new_empty(B, P),
+        c0.new_empty(B, G // 4),
+        x.new_empty(T, B, G, dtype=acc),
+        x.new_empty(T, B, G // 4, dtype=acc),
+    )
+
+
+@torch.library.custom_op("fastlstm::lstm_direction_backward", mutates_args=())
+def lstm_direction_backward_op(
+    d_out: Tensor,
+    d_hn: Tensor,
+    d_cn: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    out: Tensor,
+    gates: Tensor,
+    cs: Tensor,
+    reverse: bool,
+    has_bias: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0``; absent ``db``/``dw_hr`` are empty."""
+    _, recurrence_bwd = _primitives(backend)
+    dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = reference.direction_backward(
+        recurrence_bwd, d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates,
+        cs, reverse, has_bias,
+    )  # fmt: skip
+    empty = w_ih.new_empty(0)
+    return (
+        dx,
+        dw_ih,
+        dw_hh,
+        empty if db is None else db,
+        empty if dw_hr is None else dw_hr,
+        dh0,
+        dc0,
+    )
+
+
+@lstm_direction_backward_op.register_fake
+def _(d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs, reverse,
+      has_bias, backend):  # fmt: skip
+    G = w_hh.shape[0]
+    return (
+        torch.empty_like(x),
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        w_ih.new_empty(G if has_bias else 0),
+        w_ih.new_empty(0) if w_hr is None else torch.empty_like(w_hr),
+        torch.empty_like(h0),
+        torch.empty_like(c0),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w_ih, w_hh, b_ih, _, w_hr, h0, c0, lengths, reverse, backend = inputs
+    out, _, _, gates, cs = output
+    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
+    ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
+
+
+def _backward(ctx, d_out, d_hn, d_cn, _d_gates, _d_cs):
+    x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
+    # An output that did not reach the loss has no cotangent; the recurrence needs zeros.
+    d_out = torch.zeros_like(out) if d_out is None else d_out
+    d_hn = torch.zeros_like(h0) if d_hn is None else d_hn
+    d_cn = torch.zeros_like(c0) if d_cn is None else d_cn
+    dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = lstm_direction_backward_op(
+        d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs,
+        ctx.reverse, ctx.has_bias, ctx.backend,
+    )  # fmt: skip
+    db = db if ctx.has_bias else None
+    dw_hr = dw_hr if w_hr is not None else None
+    return dx, dw_ih, dw_hh, db, db, dw_hr, dh0, dc0, None, None, None
+
+
+lstm_direction_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def run_direction(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str = "reference",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backend seam through the custom op (``backend`` in :data:`COMPILED_BACKENDS`)."""
+    out, h_n, c_n, _, _ = lstm_direction_op(
+        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
+    )
+    return out, h_n, c_n
