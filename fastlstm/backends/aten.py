@@ -18,10 +18,12 @@ This is much faster than the packed path, which the CPU runs one timestep at a t
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
-from fastlstm.backends.reference import reverse_within_lengths
+from fastlstm.backends.reference import reverse_index
 
 __all__ = ["run_direction", "run_stack"]
 
@@ -37,6 +39,27 @@ def _freeze_column(H: int, like: Tensor) -> Tensor:
     col[1] = _BIG  # forget gate open: cell kept exactly
     col[3] = -_BIG  # output gate closed: h and the padded output are zero
     return col.reshape(4 * H, 1)
+
+
+def _lstm(x: Tensor, h0: Tensor, c0: Tensor, params: list[Tensor], has_biases: bool):
+    out, h_n, c_n = torch._VF.lstm(
+        x, (h0.unsqueeze(0), c0.unsqueeze(0)), params, has_biases, 1, 0.0, False, False, False
+    )
+    return out, h_n[0], c_n[0]
+
+
+def _segment_cuts(sorted_lengths: list[int], max_segments: int) -> list[int]:
+    """Time points where the run drops finished sequences: ``0 = c_0 < ... < c_K = max``.
+
+    Each segment runs only the sequences still going at its start, so compute spent on
+    padding stays below about ``1 / K`` of the padded total, while each fused call keeps a
+    batch large enough to be efficient.
+    """
+    B = len(sorted_lengths)
+    cuts = {0, sorted_lengths[0]}
+    for k in range(1, max_segments):
+        cuts.add(sorted_lengths[B - 1 - (k * B) // max_segments])
+    return sorted(cuts)
 
 
 def run_direction(
@@ -55,28 +78,50 @@ def run_direction(
 
     Same contract as :func:`fastlstm.backends.reference.run_direction`.
     """
-    T, B, _ = x.shape
-    H = w_hh.shape[0] // 4
-    if reverse:
-        x = reverse_within_lengths(x, lengths)
-    if lengths is not None:
-        past_end = torch.arange(T, device=x.device).unsqueeze(1) >= lengths  # [T, B]
-        x = torch.cat([x, past_end.unsqueeze(-1).to(x.dtype)], -1)  # [T, B, I + 1]
-        w_ih = torch.cat([w_ih, _freeze_column(H, w_ih)], 1)  # [4H, I + 1]
     params = [w_ih, w_hh]
     if b_ih is not None:
         params += [b_ih, b_hh]
     if w_hr is not None:
         params.append(w_hr)
-    out, h_n, c_n = torch._VF.lstm(
-        x, (h0.unsqueeze(0), c0.unsqueeze(0)), params, b_ih is not None, 1, 0.0, False, False, False
-    )
-    h_n, c_n = h_n[0], c_n[0]
-    if lengths is not None:
-        h_n = out[lengths - 1, torch.arange(B, device=x.device)]  # [B, P]
+    if lengths is None:
+        out, h_n, c_n = _lstm(x.flip(0) if reverse else x, h0, c0, params, b_ih is not None)
+        return (out.flip(0) if reverse else out), h_n, c_n
+
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    # Run in a frame sorted by length (longest first) and, for the reverse direction,
+    # reversed within each length: one gather in, one scatter out.
+    order = torch.argsort(lengths, descending=True, stable=True)  # [B]
+    sorted_lengths = lengths[order]  # [B]
     if reverse:
-        out = reverse_within_lengths(out, lengths)
-    return out, h_n, c_n
+        t_idx = reverse_index(sorted_lengths, T)  # [T, B]
+    else:
+        t_idx = torch.arange(T, device=x.device).unsqueeze(1).expand(T, B)
+    past_end = torch.arange(T, device=x.device).unsqueeze(1) >= sorted_lengths  # [T, B]
+    x_run = torch.cat([x[t_idx, order], past_end.unsqueeze(-1).to(x.dtype)], -1)  # [T, B, I+1]
+    params[0] = torch.cat([w_ih, _freeze_column(H, w_ih)], 1)  # [4H, I + 1]
+
+    lengths_host = sorted_lengths.tolist()
+    cuts = _segment_cuts(lengths_host, max_segments=max(1, min(8, B // 8)))
+    h, c = h0[order], c0[order]
+    outs, c_done = [], []
+    for start, stop in itertools.pairwise(cuts):
+        n = sum(1 for n_steps in lengths_host if n_steps > start)  # the still-running prefix
+        out_seg, h, c = _lstm(x_run[start:stop, :n], h[:n], c[:n], params, b_ih is not None)
+        outs.append(
+            torch.cat([out_seg, out_seg.new_zeros(stop - start, B - n, out_seg.shape[-1])], 1)
+        )
+        n_next = sum(1 for n_steps in lengths_host if n_steps > stop)
+        c_done.append(c[n_next:])
+    if cuts[-1] < T:
+        outs.append(outs[0].new_zeros(T - cuts[-1], B, outs[0].shape[-1]))
+    out_run = torch.cat(outs, 0)  # [T, B, P], sorted frame
+    c_sorted = torch.cat(c_done[::-1], 0)  # [B, H]
+    h_sorted = out_run[sorted_lengths - 1, torch.arange(B, device=x.device)]  # [B, P]
+
+    out = out_run.new_zeros(out_run.shape).index_put((t_idx, order), out_run)
+    unsort = torch.argsort(order)
+    return out, h_sorted[unsort], c_sorted[unsort]
 
 
 def run_stack(
