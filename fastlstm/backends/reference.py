@@ -218,7 +218,7 @@ def direction_forward(
     """
     xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
     if b_ih is not None:
-        xp = xp + (b_ih + b_hh)
+        xp = xp + (b_ih + b_hh).to(xp.dtype)
     return recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse)
 
 
