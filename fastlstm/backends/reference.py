@@ -59,8 +59,11 @@ def reverse_within_lengths(seq: Tensor, lengths: Tensor | None) -> Tensor:
     return seq.gather(0, index)
 
 
-def _step_mask(lengths: Tensor | None, t: int) -> Tensor | None:
-    return None if lengths is None else (t < lengths).unsqueeze(1)  # [B, 1]
+def _step_masks(lengths: Tensor | None, T: int) -> Tensor | None:
+    """``[T, B, 1]`` boolean: step ``t`` of sequence ``b`` is valid (``t < lengths[b]``)."""
+    if lengths is None:
+        return None
+    return (torch.arange(T, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(-1)
 
 
 def recurrence_forward(
@@ -91,38 +94,44 @@ def recurrence_forward(
     T, B, G = xp.shape
     H = G // 4
     acc = _acc_dtype(xp.dtype)
+    out_dtype = xp.dtype
+    xp = xp.to(acc)
     if reverse:
         xp = reverse_within_lengths(xp, lengths)
     w_hh_t = w_hh.to(acc).t()  # [P, 4H]
     w_hr_t = None if w_hr is None else w_hr.to(acc).t()  # [H, P]
     h, c = h0.to(acc), c0.to(acc)
     P = h.shape[1]
-    out = xp.new_zeros(T, B, P, dtype=acc)
-    gates = xp.new_zeros(T, B, G, dtype=acc)
-    cs = xp.new_zeros(T, B, H, dtype=acc)
+    out = xp.new_zeros(T, B, P)
+    gates = xp.new_zeros(T, B, G)
+    cs = xp.new_zeros(T, B, H)
+    masks = _step_masks(lengths, T)
     steps = T if lengths is None else int(lengths.max())
     for t in range(steps):
-        a = gates[t]  # [B, 4H]
-        torch.addmm(xp[t].to(acc), h, w_hh_t, out=a)
+        a = torch.addmm(xp[t], h, w_hh_t, out=gates[t])  # [B, 4H]
         a[:, : 2 * H].sigmoid_()
         a[:, 2 * H : 3 * H].tanh_()
         a[:, 3 * H :].sigmoid_()
         i, f, g, o = a.chunk(4, 1)
+        if masks is None:
+            # Write state straight into the saved buffers: no copies in the loop.
+            c = torch.addcmul(f * c, i, g, out=cs[t])
+            if w_hr_t is None:
+                h = torch.mul(o, c.tanh(), out=out[t])
+            else:
+                h = torch.mm(o * c.tanh(), w_hr_t, out=out[t])
+            continue
         c_new = torch.addcmul(f * c, i, g)
         h_new = o * c_new.tanh()
         if w_hr_t is not None:
             h_new = h_new @ w_hr_t
-        mask = _step_mask(lengths, t)
-        if mask is None:
-            h, c = h_new, c_new
-            out[t] = h_new
-        else:
-            h, c = torch.where(mask, h_new, h), torch.where(mask, c_new, c)
-            out[t] = h_new * mask
+        mask = masks[t]  # [B, 1]
+        h, c = torch.where(mask, h_new, h), torch.where(mask, c_new, c)
+        torch.mul(h_new, mask, out=out[t])
         cs[t] = c
     if reverse:
         out, gates, cs = (reverse_within_lengths(s, lengths) for s in (out, gates, cs))
-    return out.to(xp.dtype), h.to(h0.dtype), c.to(c0.dtype), gates, cs
+    return out.to(out_dtype), h.to(h0.dtype), c.to(c0.dtype), gates, cs
 
 
 def recurrence_backward(
@@ -143,46 +152,65 @@ def recurrence_backward(
     length), ``d_h0 [B, P]``, ``d_c0 [B, H]`` and, with a projection, ``d_hs [T, B, P]``:
     the total gradient reaching each step's projected ``h`` (for ``dW_hr``), else None.
     All in the accumulation dtype.
+
+    Per step, with ``dh`` the gradient reaching ``h_t`` and ``dc`` the one reaching ``c_t``::
+
+        dr = dh W_hr (or dh)          dc += dr * o * (1 - tanh(c_t)^2)
+        da_i = dc * g * i(1-i)        da_f = dc * c_{t-1} * f(1-f)
+        da_g = dc * i * (1-g^2)       da_o = dr * tanh(c_t) * o(1-o)
+        dh_{t-1} = da W_hh + d_out[t-1]        dc_{t-1} = dc * f
     """
     T, B, G = gates.shape
+    H = G // 4
     acc = gates.dtype
+    d_out = d_out.to(acc)
     if reverse:
         d_out, gates, cs = (reverse_within_lengths(s, lengths) for s in (d_out, gates, cs))
     w_hh = w_hh.to(acc)  # [4H, P]
     w_hr = None if w_hr is None else w_hr.to(acc)  # [P, H]
-    dh, dc = d_hn.to(acc), d_cn.to(acc)
-    c0 = c0.to(acc)
-    d_xp = gates.new_zeros(T, B, G)
-    d_hs = None if w_hr is None else gates.new_zeros(T, B, dh.shape[1])
+    masks = _step_masks(lengths, T)  # [T, B, 1]
+
+    # Every factor that does not depend on the incoming gradient, for all steps at once:
+    # the loop below is then a handful of small ops per step.
+    i, f, g, o = gates.view(T, B, 4, H).unbind(2)  # each [T, B, H]
+    tc = cs.tanh()
+    c_prev = torch.cat([c0.to(acc).unsqueeze(0), cs[:-1]], 0)
+    k_c = o * (1 - tc * tc)  # dc_t += dr * k_c
+    k_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)
+    k_o = tc * o * (1 - o)  # [T, B, H]
+    if masks is not None:
+        # Past its end a sequence's state passes through unchanged (f = 1, no gate
+        # gradient, dh carried over), and its constant-zero outputs send no gradient.
+        d_out = d_out * masks
+        k_c, k_o = k_c * masks, k_o * masks
+        k_ifg = k_ifg * masks.unsqueeze(-1)
+        f = torch.where(masks, f, 1.0)
+        keep = (~masks).to(acc)  # [T, B, 1]
+
+    d_xp = gates.new_zeros(T, B, 4, H)
+    d_hs = None if w_hr is None else gates.new_zeros(T, B, d_hn.shape[1])
     steps = T if lengths is None else int(lengths.max())
+    dh = d_hn.to(acc) + d_out[steps - 1]
+    dc = d_cn.to(acc)
     for t in reversed(range(steps)):
-        mask = _step_mask(lengths, t)
-        # Padded outputs are constant zero: their cotangent does not reach the state.
-        dh_t = dh + (d_out[t] if mask is None else d_out[t] * mask)
         if d_hs is not None:
-            d_hs[t] = dh_t if mask is None else dh_t * mask
-            dr = dh_t @ w_hr  # [B, H]
+            d_hs[t] = dh if masks is None else dh * masks[t]
+            dr = dh @ w_hr  # [B, H]
         else:
-            dr = dh_t
-        i, f, g, o = gates[t].chunk(4, 1)
-        tc = cs[t].tanh()
-        c_prev = cs[t - 1] if t > 0 else c0
-        dc_t = torch.addcmul(dc, dr * o, 1 - tc * tc)
-        da = d_xp[t]  # [B, 4H]
-        da_i, da_f, da_g, da_o = da.chunk(4, 1)
-        torch.mul(dc_t * g, i * (1 - i), out=da_i)
-        torch.mul(dc_t * c_prev, f * (1 - f), out=da_f)
-        torch.mul(dc_t * i, 1 - g * g, out=da_g)
-        torch.mul(dr * tc, o * (1 - o), out=da_o)
-        if mask is not None:
-            da.mul_(mask)
-        dh_prev = da @ w_hh  # [B, P]
-        dc_prev = dc_t * f
-        if mask is None:
-            dh, dc = dh_prev, dc_prev
-        else:
-            # A finished sequence's state passes through unchanged, and so does its gradient.
-            dh, dc = torch.where(mask, dh_prev, dh), torch.where(mask, dc_prev, dc)
+            dr = dh
+        dc = torch.addcmul(dc, dr, k_c[t])
+        da = d_xp[t]  # [B, 4, H]
+        torch.mul(dc.unsqueeze(1), k_ifg[t], out=da[:, :3])
+        torch.mul(dr, k_o[t], out=da[:, 3])
+        dh_next = (
+            torch.mm(da.view(B, G), w_hh)
+            if t == 0
+            else torch.addmm(d_out[t - 1], da.view(B, G), w_hh)
+        )
+        if masks is not None:
+            dh_next.addcmul_(keep[t], dh)
+        dh, dc = dh_next, dc * f[t]
+    d_xp = d_xp.view(T, B, G)
     if reverse:
         d_xp = reverse_within_lengths(d_xp, lengths)
         if d_hs is not None:
