@@ -153,3 +153,16 @@ def test_named_backend_that_cannot_serve_raises(monkeypatch):
 def test_functional_rejects_bad_weight_list():
     with pytest.raises(ValueError, match="2 to 5 tensors per layer"):
         fastlstm.lstm(torch.randn(3, 2, 5), None, [torch.randn(28, 5)], num_layers=1)
+
+
+def test_input_on_another_device_than_weights():
+    m = fastlstm.LSTM(5, 7, device="meta")
+    with pytest.raises(RuntimeError, match="input is on cpu but the LSTM weights are on meta"):
+        m(torch.randn(3, 2, 5))
+
+
+def test_hx_on_another_device_than_input():
+    m = fastlstm.LSTM(5, 7)
+    hx = (torch.zeros(1, 2, 7, device="meta"), torch.zeros(1, 2, 7))
+    with pytest.raises(RuntimeError, match=r"hx\[0\] is on meta but the input is on cpu"):
+        m(torch.randn(3, 2, 5), hx)
