@@ -297,7 +297,9 @@ def load_corpus(
     corpus = _tokenize_source(src, progress)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp_t, tmp_m = tensors_path.with_suffix(".tmp1"), meta_path.with_suffix(".tmp2")
+        # Per-process temporary names: torchrun ranks may build the same entry at once.
+        tmp_t = tensors_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp_m = meta_path.with_suffix(f".{os.getpid()}.tmp")
         save_file({"ids": corpus.ids, "offsets": corpus.offsets, "labels": corpus.labels}, tmp_t)
         tmp_m.write_text(
             json.dumps(

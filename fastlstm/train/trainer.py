@@ -424,6 +424,7 @@ class Trainer:
             "best_epoch": self.best["epoch"],
             "best_val_accuracy": self.best["val_accuracy"],
             "seconds": time.perf_counter() - t_start,
+            "world_size": self.world,
             "out": str(self.out),
             "checkpoint": str(self.out / "model.safetensors"),
             "resume": str(self.out / RESUME_DIR),
@@ -454,6 +455,7 @@ class Trainer:
             "epoch": self.epoch + 1,
             "train_loss": loss_sum / max(count, 1),
             "train_accuracy": correct / max(count, 1),
+            "train_reviews": count,
             "train_seconds": p["seconds"],
         }
         t0 = time.perf_counter()

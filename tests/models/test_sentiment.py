@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from fastlstm.models import PRESETS, SentimentClassifier
+
+CONFIGS = [
+    pytest.param({"embedding_dim": 8, "hidden_size": 6}, id="E8-H6-last"),
+    pytest.param({"embedding_dim": 8, "hidden_size": 6, "bidirectional": True}, id="bidir-last"),
+    pytest.param({"embedding_dim": 5, "hidden_size": 7, "pooling": "max"}, id="E5-H7-max"),
+    pytest.param(
+        {
+            "embedding_dim": 6,
+            "hidden_size": 5,
+            "num_layers": 2,
+            "bidirectional": True,
+            "pooling": "mean",
+        },
+        id="L2-bidir-mean",
+    ),
+]
+
+
+def _batch(lengths, vocab=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    tokens = torch.randint(2, vocab, (T, len(lengths)), generator=g)
+    for b, n in enumerate(lengths):
+        tokens[n:, b] = 0
+    return tokens, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_output_shapes_and_probabilities(config):
+    model = SentimentClassifier(50, **config)
+    tokens, lengths = _batch([9, 4, 1])
+    logits = model(tokens, lengths)
+    assert logits.shape == (3,)
+    probs = model.predict_proba(tokens, lengths)
+    assert probs.shape == (3,) and bool(((probs > 0) & (probs < 1)).all())
+    assert model.training  # predict_proba restores the mode
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_padding_does_not_change_a_reviews_logit(config):
+    model = SentimentClassifier(50, dropout=0.0, **config).eval()
+    tokens, lengths = _batch([6])
+    alone = model(tokens, lengths)
+    # The same review in a batch with a longer one, so it gets 14 padding steps.
+    other, _ = _batch([20], seed=1)
+    batch = torch.zeros(20, 2, dtype=torch.int64)
+    batch[:6, 0] = tokens[:, 0]
+    batch[:, 1] = other[:, 0]
+    together = model(batch, torch.tensor([6, 20]))
+    torch.testing.assert_close(together[0], alone[0], atol=1e-6, rtol=1e-5)
+
+
+def test_backends_agree():
+    torch.manual_seed(0)
+    ref = SentimentClassifier(50, 8, 6, bidirectional=True, pooling="max", backend="reference")
+    aten = SentimentClassifier.from_config({**ref.config, "backend": "aten"})
+    aten.load_state_dict(ref.state_dict())
+    tokens, lengths = _batch([7, 3, 5])
+    torch.testing.assert_close(aten(tokens, lengths), ref(tokens, lengths), atol=1e-5, rtol=1e-4)
+    assert (ref.last_backend, aten.last_backend) == ("reference", "aten")
+
+
+def test_config_rebuilds_the_model():
+    model = SentimentClassifier(30, 4, 3, num_layers=2, dropout=0.2, pooling="mean")
+    clone = SentimentClassifier.from_config(model.config)
+    assert clone.config == model.config
+    clone.load_state_dict(model.state_dict())
+
+
+def test_presets_sizes():
+    def size(name):
+        p = dict(PRESETS[name])
+        vocab = p.pop("vocab_max_size") + 2
+        return sum(t.numel() for t in SentimentClassifier(vocab, **p).parameters())
+
+    assert 117_000 <= size("exercise") <= 209_000  # the teaching exercise's range
+    assert size("default") < 1_000_000
+
+
+def test_embedding_pads_with_zero_and_empty_review_runs():
+    model = SentimentClassifier(10, 4, 3)
+    assert model.embedding.padding_idx == 0
+    assert model(torch.zeros(1, 2, dtype=torch.int64), torch.tensor([0, 1])).shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"vocab_size": 2}, "vocab_size", id="tiny-vocab"),
+        pytest.param({"pooling": "attention"}, "pooling", id="pooling"),
+        pytest.param({"dropout": 1.0}, "dropout", id="dropout"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = {"vocab_size": 10, "embedding_dim": 4, "hidden_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SentimentClassifier(**args)
+
+
+def test_bad_input_shapes():
+    model = SentimentClassifier(10, 4, 3)
+    with pytest.raises(ValueError, match=r"tokens must be \[T, B\]"):
+        model(torch.zeros(3, dtype=torch.int64), torch.tensor([3]))
+    with pytest.raises(ValueError, match="lengths must be"):
+        model(torch.zeros(3, 2, dtype=torch.int64), torch.tensor([3]))

@@ -1,0 +1,239 @@
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastlstm.cli import build_parser, main
+from fastlstm.data import write_synthetic_imdb
+
+TRAIN = [
+    "--embedding-dim",
+    "16",
+    "--hidden-size",
+    "12",
+    "--no-bidirectional",
+    "--lr",
+    "0.01",
+    "--batch-size",
+    "16",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return write_synthetic_imdb(
+        tmp_path_factory.mktemp("imdb"), n_per_class=100, seed=2, archive=True
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, archive):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cache = out.parent / "cache"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(archive),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache),
+            "--epochs",
+            "6",
+            *TRAIN,
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def _cli(*args, stdin=None, env=None):
+    """``python -m fastlstm ARGS`` in a subprocess; returns (rc, stdout, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastlstm", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path, archive):
+    out = tmp_path / "run"
+    rc, stdout, stderr = _cli(
+        "train",
+        "--data",
+        archive,
+        "--out",
+        out,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--epochs",
+        "2",
+        *TRAIN,
+    )
+    assert rc == 0, stderr
+    summary = stdout.strip().splitlines()[-1]
+    assert "test accuracy" in summary and str(out / "model.safetensors") in summary
+    assert (out / "curves.png").is_file() and (out / "metrics.csv").is_file()
+
+    rc, stdout, stderr = _cli(
+        "evaluate", "-c", out, "--data", archive, "--cache-dir", tmp_path / "cache", "--json"
+    )
+    assert rc == 0, stderr
+    result = json.loads(stdout)
+    assert result["split"] == "test" and result["reviews"] == 200
+
+    rc, stdout, stderr = _cli("predict", "-c", out, "--json", stdin="great film\nawful plot\n")
+    assert rc == 0, stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["great film", "awful plot"]
+    assert all(0.0 <= r["probability_positive"] <= 1.0 for r in rows)
+
+
+def test_predict_from_args_and_file(run_dir, tmp_path, capsys):
+    assert (
+        main(["predict", "-c", str(run_dir), "a wonderful superb film", "boring awful and dull"])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("positive") and lines[1].startswith("negative")
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("loved it, brilliant\nthe worst waste of time\n")
+    assert main(["predict", "-c", str(run_dir), "--file", str(reviews)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_evaluate_validation_split(run_dir, archive, capsys):
+    rc = main(
+        [
+            "evaluate",
+            "-c",
+            str(run_dir),
+            "--data",
+            str(archive),
+            "--split",
+            "val",
+            "--cache-dir",
+            str(run_dir.parent / "cache"),
+        ]
+    )
+    assert rc == 0
+    meta = json.loads((run_dir / "model.json").read_text())
+    expected = f"val accuracy {100 * meta['val_accuracy']:.2f}%"
+    assert capsys.readouterr().out.startswith(expected)
+
+
+def _error(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        pytest.param(["train", "--data", "/nonexistent/aclImdb"], "not found", id="missing-data"),
+        pytest.param(["train", "--data", "{bad_file}"], "not a folder or a tar", id="bad-data"),
+        pytest.param(["train", "--data", "{tmp}"], "aclImdb layout", id="folder-not-layout"),
+        pytest.param(["train", "--cache-dir", "{tmp}"], "--data PATH", id="no-data"),
+        pytest.param(["predict", "-c", "{run}", "   "], "review 1 is empty", id="empty-review"),
+        pytest.param(
+            ["predict", "-c", "{run}", "great", "qwzx xqzw"],
+            "review 2 .* no word",
+            id="unknown-words",
+        ),
+        pytest.param(["predict", "-c", "{tmp}/none", "good"], "not found", id="no-checkpoint"),
+        pytest.param(
+            ["train", "--out", "{run}", "--resume", "--data", "{tmp}/nope"],
+            "not found",
+            id="resume-missing-data",
+        ),
+        pytest.param(["train", "--out", "{tmp}", "--resume"], "no saved run", id="resume-none"),
+    ],
+)
+def test_user_errors_are_one_line(capsys, tmp_path, run_dir, argv, match):
+    bad_file = tmp_path / "junk.tar.gz"
+    bad_file.write_bytes(b"junk")
+    argv = [a.format(tmp=tmp_path, run=run_dir, bad_file=bad_file) for a in argv]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert re.search(match, err), err
+
+
+def test_existing_run_is_not_overwritten(capsys, run_dir, archive):
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    err = _error(capsys, ["train", "--data", str(archive), "--out", str(run_dir), *TRAIN])
+    assert "already holds a run" in err and "--resume" in err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(capsys, run_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((run_dir / "model.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"\x00" * 16)
+    err = _error(capsys, ["predict", "-c", str(broken), "good film"])
+    assert "corrupt" in err
+    assert (broken / "model.safetensors").read_bytes() == b"\x00" * 16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_gpu_option_without_gpu(capsys, run_dir, archive, command):
+    argv = {
+        "train": ["train", "--data", str(archive), "--out", str(run_dir.parent / "gpu")],
+        "evaluate": ["evaluate", "-c", str(run_dir), "--data", str(archive)],
+        "predict": ["predict", "-c", str(run_dir), "good"],
+    }[command]
+    err = _error(capsys, [*argv, "--device", "cuda"])
+    assert "no CUDA GPU" in err and "--device cpu" in err
+    assert not (run_dir.parent / "gpu").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_help_explains_every_option(capsys, command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert command in capsys.readouterr().out
+
+
+def test_resume_through_the_cli_finishes_the_run(tmp_path, archive, capsys):
+    out = tmp_path / "run"
+    base = [
+        "train",
+        "--data",
+        str(archive),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TRAIN,
+    ]
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "/2" in summary
+    rows = json.loads((out / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert Path(json.loads((out / "metrics.json").read_text())["config"]["data"]) == archive
