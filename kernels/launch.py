@@ -1,0 +1,108 @@
+"""Launch settings for the LSTM kernels: pure functions of shape, dtype and device.
+
+One place decides tile sizes, warps and stages, deterministically (no autotuning), so a
+given shape on a given GPU always runs the same code: reproducible tests and benchmarks.
+It also says which requests the kernels cannot serve (:func:`unsupported_reason`), which
+the ``auto`` backend selection uses to fall back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "MAX_HIDDEN",
+    "SUPPORTED_DTYPES",
+    "RecurrenceConfig",
+    "dot_precision",
+    "interpreting",
+    "recurrence_config",
+    "unsupported_reason",
+]
+
+# Beyond this one program per batch tile streams more than 32 MiB of W_hh per step;
+# the reference or cuDNN serve such sizes better.
+MAX_HIDDEN = 2048
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class RecurrenceConfig:
+    """Tile sizes and launch options shared by the forward and backward kernels.
+
+    ``block_b`` rows of the batch per program; the hidden dimension is walked in
+    ``block_h`` columns (per gate) and the reduction over ``h`` in ``block_k`` chunks.
+    Every side is at least 16 because ``tl.dot`` needs it.
+    """
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pow2_tile(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, 1 << max(0, n - 1).bit_length()))
+
+
+def recurrence_config(batch: int, hidden: int, proj: int, dtype: torch.dtype) -> RecurrenceConfig:
+    """Tiles for a ``[batch]`` x ``hidden`` (x ``proj``) recurrence with weights of ``dtype``.
+
+    The time loop is latency-bound, so more programs (smaller batch tiles) run more of the
+    batch in parallel; 16 rows is the smallest tile ``tl.dot`` accepts, and only very large
+    batches get 32 so that the weight traffic per row halves. Hidden tiles of up to 64
+    columns keep the four gate accumulators (4 x 16 x 64 fp32) in registers; half-precision
+    weights allow wider reduction chunks in the same shared memory.
+    """
+    block_b = 32 if batch >= 1024 else 16
+    block_h = _pow2_tile(hidden, 16, 64)
+    k_cap = 64 if dtype == torch.float32 else 128
+    block_k = _pow2_tile(proj, 16, k_cap)
+    num_warps = 4 if block_b * block_h <= 1024 else 8
+    return RecurrenceConfig(block_b, block_h, block_k, num_warps, num_stages=1)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision: exact fp32 ("ieee") unless TF32 is opted in.
+
+    Follows ``torch.backends.cuda.matmul.allow_tf32`` (False by default), the same switch
+    that lets cuBLAS and cuDNN use TF32, so parity with ``nn.LSTM`` holds by default.
+    Half-precision operands always use the tensor cores ("tf32" is then ignored by Triton).
+    """
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def unsupported_reason(
+    device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int = 0
+) -> str | None:
+    """None when the kernels can run this request, else a human-readable reason."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        if not interpreting():
+            return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
+    elif device.type != "cuda":
+        return f"device type {device.type!r} is not supported by the Triton kernels"
+    if dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype} is not supported by the Triton kernels (float32, bfloat16, float16)"
+    if hidden_size > MAX_HIDDEN:
+        return f"hidden size {hidden_size} > {MAX_HIDDEN} supported by the Triton kernels"
+    if proj_size > MAX_HIDDEN:
+        return f"proj_size {proj_size} > {MAX_HIDDEN} supported by the Triton kernels"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 7:
+            return f"compute capability {major}.{minor} < 7.0 (tl.dot needs tensor cores)"
+        if dtype == torch.bfloat16 and major < 8:
+            return f"bfloat16 needs compute capability >= 8.0, this GPU is {major}.{minor}"
+    return None

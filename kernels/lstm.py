@@ -1,0 +1,773 @@
+"""Fused LSTM recurrence in Triton: one launch runs the whole time loop of a layer direction.
+
+Reads top to bottom: forward kernel, backward kernel, host launchers (allocate, build the
+grid, launch; no autograd), the ``autograd.Function``, and the public :func:`lstm_direction`.
+The equations, what each kernel keeps on chip and what it stores for backward are derived in
+``docs/kernels.md``; gate order is i, f, g, o as in ``torch.nn.LSTM``, ``P`` = proj_size or H.
+
+Work split. The input projection ``x W_ih^T + b`` for all steps is one GEMM before the loop,
+and the weight, input and bias gradients are GEMMs/reductions after the backward loop; only
+the sequential part runs in the kernels. Each program owns ``BLOCK_B`` rows of the batch and
+all hidden units, so one step needs no communication between programs: a step is the
+recurrent matmul over hidden tiles and K-chunks (``W_hh`` streamed from L2 every step),
+the gate nonlinearities and the cell update, then a CTA barrier so that every thread sees
+the new ``h`` before the next step reads it. ``h`` and ``c`` live in small fp32 per-program
+state buffers (L1/L2-resident) rather than registers, because a step reads ``h`` in chunks
+that differ from the tiles it writes; ``h`` is double-buffered so that a step's writes do
+not race its own reads.
+
+Variable lengths. Row ``b`` at step ``s`` works on sequence position ``s`` (or
+``len_b - 1 - s`` when ``reverse``), so each sequence starts at its own first (or last)
+valid position with no pack/unpack copies. Rows with ``s >= len_b`` keep their state and
+write zeros at position ``s``; a program stops at the longest length in its tile and then
+zero-fills the remaining positions (store-only).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .launch import dot_precision, recurrence_config, unsupported_reason
+
+__all__ = [
+    "can_serve",
+    "lstm_direction",
+    "lstm_recurrence_backward",
+    "lstm_recurrence_forward",
+]
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # Via sigmoid: libdevice tanh is unavailable in the interpreter; exact in fp32 to ~1 ulp.
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit(do_not_specialize=["T", "B"])
+def _lstm_fwd_kernel(
+    xp,  # [T, B, 4H] input projection with biases (x dtype)
+    w_hh,  # [4H, P] recurrent weight
+    w_hr,  # [P, H] projection weight (unused unless HAS_PROJ)
+    h0,  # [B, P] initial hidden state
+    c0,  # [B, H] initial cell state
+    lengths,  # [B] int64 valid lengths (unused unless HAS_LENGTHS)
+    out,  # [T, B, P] output h per position, zero past each length
+    h_n,  # [B, P] h at each sequence's last valid step
+    c_n,  # [B, H] c at each sequence's last valid step
+    gates,  # [T, B, 4H] fp32 gate activations, saved for backward
+    cs,  # [T, B, H] fp32 cell state after each step, saved for backward
+    h_state,  # [2, B, P] fp32 scratch: h of the previous / current step
+    c_state,  # [B, H] fp32 scratch: c
+    r_state,  # [B, H] fp32 scratch: o * tanh(c) before the projection (HAS_PROJ)
+    T,
+    B,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_b = tl.program_id(0).to(tl.int64)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
+    m_b = o_b < B
+    if HAS_LENGTHS:
+        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
+    else:
+        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    n_steps = tl.max(b_len, 0)
+    w_dtype = w_hh.dtype.element_ty
+    NH: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
+    NP: tl.constexpr = (P + BLOCK_K - 1) // BLOCK_K
+    NG: tl.constexpr = (4 * H + BLOCK_H - 1) // BLOCK_H
+
+    for j in range(0, NP):
+        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+        m = m_b[:, None] & (o_p < P)[None, :]
+        b_h = tl.load(h0 + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
+        tl.store(h_state + o_b[:, None] * P + o_p[None, :], b_h.to(tl.float32), mask=m)
+    for j in range(0, NH):
+        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
+        m = m_b[:, None] & (o_h < H)[None, :]
+        b_c = tl.load(c0 + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
+        tl.store(c_state + o_b[:, None] * H + o_h[None, :], b_c.to(tl.float32), mask=m)
+    tl.debug_barrier()
+
+    for s in range(0, n_steps):
+        p_h_cur = h_state + (s % 2) * B * P
+        p_h_nxt = h_state + ((s + 1) % 2) * B * P
+        m_valid = m_b & (s < b_len)  # [BB]
+        mv = m_valid[:, None]
+        if REVERSE:  # noqa: SIM108 (a constexpr branch, not a runtime select)
+            o_t = tl.where(m_valid, b_len - 1 - s, s)
+        else:
+            o_t = tl.zeros_like(b_len) + s
+        o_row = o_t * B + o_b  # [BB] row index into [T, B, *] tensors
+
+        for j in range(0, NH):
+            o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
+            m_h = o_h < H
+            m_bh = m_b[:, None] & m_h[None, :]
+            p_x = xp + o_row[:, None] * (4 * H) + o_h[None, :]
+            acc_i = tl.load(p_x, mask=m_bh, other=0.0).to(tl.float32)  # [BB, BH]
+            acc_f = tl.load(p_x + H, mask=m_bh, other=0.0).to(tl.float32)
+            acc_g = tl.load(p_x + 2 * H, mask=m_bh, other=0.0).to(tl.float32)
+            acc_o = tl.load(p_x + 3 * H, mask=m_bh, other=0.0).to(tl.float32)
+            for k in range(0, NP):
+                o_k = k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+                m_k = o_k < P
+                b_h = tl.load(
+                    p_h_cur + o_b[:, None] * P + o_k[None, :],
+                    mask=m_b[:, None] & m_k[None, :],
+                    other=0.0,
+                ).to(w_dtype)  # [BB, BK]
+                # W_hh^T[k, gate column]: element (row g*H + col, column k) of w_hh.
+                p_w = w_hh + o_h[None, :] * P + o_k[:, None]  # [BK, BH]
+                m_w = m_k[:, None] & m_h[None, :]
+                b_w = tl.load(p_w, mask=m_w, other=0.0)
+                acc_i += tl.dot(b_h, b_w, input_precision=DOT_PRECISION)
+                b_w = tl.load(p_w + H * P, mask=m_w, other=0.0)
+                acc_f += tl.dot(b_h, b_w, input_precision=DOT_PRECISION)
+                b_w = tl.load(p_w + 2 * H * P, mask=m_w, other=0.0)
+                acc_g += tl.dot(b_h, b_w, input_precision=DOT_PRECISION)
+                b_w = tl.load(p_w + 3 * H * P, mask=m_w, other=0.0)
+                acc_o += tl.dot(b_h, b_w, input_precision=DOT_PRECISION)
+            b_i = _sigmoid(acc_i)
+            b_f = _sigmoid(acc_f)
+            b_g = _tanh(acc_g)
+            b_o = _sigmoid(acc_o)
+            p_c = c_state + o_b[:, None] * H + o_h[None, :]
+            b_c_old = tl.load(p_c, mask=m_bh, other=0.0)
+            b_c = b_f * b_c_old + b_i * b_g
+            b_r = b_o * _tanh(b_c)
+            b_c = tl.where(mv, b_c, b_c_old)
+            tl.store(p_c, b_c, mask=m_bh)
+            # Saved at the sequence position; zeros at padded positions keep backward finite.
+            p_gt = gates + o_row[:, None] * (4 * H) + o_h[None, :]
+            tl.store(p_gt, tl.where(mv, b_i, 0.0), mask=m_bh)
+            tl.store(p_gt + H, tl.where(mv, b_f, 0.0), mask=m_bh)
+            tl.store(p_gt + 2 * H, tl.where(mv, b_g, 0.0), mask=m_bh)
+            tl.store(p_gt + 3 * H, tl.where(mv, b_o, 0.0), mask=m_bh)
+            tl.store(cs + o_row[:, None] * H + o_h[None, :], tl.where(mv, b_c, 0.0), mask=m_bh)
+            if HAS_PROJ:
+                tl.store(r_state + o_b[:, None] * H + o_h[None, :], b_r, mask=m_bh)
+            else:
+                b_h_old = tl.load(p_h_cur + o_b[:, None] * P + o_h[None, :], mask=m_bh, other=0.0)
+                tl.store(
+                    p_h_nxt + o_b[:, None] * P + o_h[None, :], tl.where(mv, b_r, b_h_old), mask=m_bh
+                )
+                tl.store(
+                    out + o_row[:, None] * P + o_h[None, :],
+                    tl.where(mv, b_r, 0.0).to(out.dtype.element_ty),
+                    mask=m_bh,
+                )
+
+        if HAS_PROJ:
+            # h_t = r_t W_hr^T needs all of r_t: wait for every hidden tile.
+            tl.debug_barrier()
+            for j in range(0, NP):
+                o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+                m_p = o_p < P
+                m_bp = m_b[:, None] & m_p[None, :]
+                acc = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
+                for k in range(0, NH):
+                    o_k = k * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
+                    m_k = o_k < H
+                    b_r = tl.load(
+                        r_state + o_b[:, None] * H + o_k[None, :],
+                        mask=m_b[:, None] & m_k[None, :],
+                        other=0.0,
+                    ).to(w_dtype)  # [BB, BH]
+                    b_w = tl.load(
+                        w_hr + o_p[None, :] * H + o_k[:, None],
+                        mask=m_k[:, None] & m_p[None, :],
+                        other=0.0,
+                    ).to(w_dtype)  # [BH, BK]
+                    acc += tl.dot(b_r, b_w, input_precision=DOT_PRECISION)
+                b_h_old = tl.load(p_h_cur + o_b[:, None] * P + o_p[None, :], mask=m_bp, other=0.0)
+                tl.store(
+                    p_h_nxt + o_b[:, None] * P + o_p[None, :], tl.where(mv, acc, b_h_old), mask=m_bp
+                )
+                tl.store(
+                    out + o_row[:, None] * P + o_p[None, :],
+                    tl.where(mv, acc, 0.0).to(out.dtype.element_ty),
+                    mask=m_bp,
+                )
+        tl.debug_barrier()
+
+    # Finished rows kept their state, so the buffers now hold each row's last valid step.
+    p_h_fin = h_state + (n_steps % 2) * B * P
+    for j in range(0, NP):
+        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+        m = m_b[:, None] & (o_p < P)[None, :]
+        b_h = tl.load(p_h_fin + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
+        tl.store(h_n + o_b[:, None] * P + o_p[None, :], b_h.to(h_n.dtype.element_ty), mask=m)
+    for j in range(0, NH):
+        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
+        m = m_b[:, None] & (o_h < H)[None, :]
+        b_c = tl.load(c_state + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
+        tl.store(c_n + o_b[:, None] * H + o_h[None, :], b_c.to(c_n.dtype.element_ty), mask=m)
+
+    # Positions past the longest sequence of the tile: padding, never visited by the loop.
+    for s in range(n_steps, T):
+        o_row = s * B + o_b  # [BB]
+        for j in range(0, NP):
+            o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+            m = m_b[:, None] & (o_p < P)[None, :]
+            zero = tl.zeros([BLOCK_B, BLOCK_K], dtype=out.dtype.element_ty)
+            tl.store(out + o_row[:, None] * P + o_p[None, :], zero, mask=m)
+        for j in range(0, NH):
+            o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
+            m = m_b[:, None] & (o_h < H)[None, :]
+            tl.store(
+                cs + o_row[:, None] * H + o_h[None, :],
+                tl.zeros([BLOCK_B, BLOCK_H], tl.float32),
+                mask=m,
+            )
+        for j in range(0, NG):
+            o_g = j * BLOCK_H + tl.arange(0, BLOCK_H)
+            m = m_b[:, None] & (o_g < 4 * H)[None, :]
+            p_gt = gates + o_row[:, None] * (4 * H) + o_g[None, :]
+            tl.store(p_gt, tl.zeros([BLOCK_B, BLOCK_H], tl.float32), mask=m)
+
+
+@triton.jit(do_not_specialize=["T", "B"])
+def _lstm_bwd_kernel(
+    d_out,  # [T, B, P] gradient w.r.t. out
+    d_hn,  # [B, P] gradient w.r.t. h_n
+    d_cn,  # [B, H] gradient w.r.t. c_n
+    w_hh,  # [4H, P]
+    w_hr,  # [P, H] (unused unless HAS_PROJ)
+    c0,  # [B, H]
+    gates,  # [T, B, 4H] fp32 saved activations i, f, g, o
+    cs,  # [T, B, H] fp32 saved cell states
+    lengths,  # [B] int64 (unused unless HAS_LENGTHS)
+    d_xp,  # [T, B, 4H] fp32 gradient w.r.t. the gate pre-activations
+    d_h0,  # [B, P] fp32
+    d_c0,  # [B, H] fp32
+    d_hs,  # [T, B, P] fp32 total gradient reaching each projected h (HAS_PROJ)
+    dh_state,  # [B, P] fp32 scratch: gradient reaching h from the later steps
+    dc_state,  # [B, H] fp32 scratch: gradient reaching c from the later steps
+    dh_tot,  # [B, P] fp32 scratch: dh_state + d_out of this step (HAS_PROJ)
+    T,
+    B,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_b = tl.program_id(0).to(tl.int64)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
+    m_b = o_b < B
+    if HAS_LENGTHS:
+        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
+    else:
+        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    n_steps = tl.max(b_len, 0)
+    w_dtype = w_hh.dtype.element_ty
+    NH: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
+    NP: tl.constexpr = (P + BLOCK_K - 1) // BLOCK_K
+    NG: tl.constexpr = (4 * H + BLOCK_H - 1) // BLOCK_H
+
+    for j in range(0, NP):
+        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+        m = m_b[:, None] & (o_p < P)[None, :]
+        b_dh = tl.load(d_hn + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
+        tl.store(dh_state + o_b[:, None] * P + o_p[None, :], b_dh.to(tl.float32), mask=m)
+    for j in range(0, NH):
+        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
+        m = m_b[:, None] & (o_h < H)[None, :]
+        b_dc = tl.load(d_cn + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
+        tl.store(dc_state + o_b[:, None] * H + o_h[None, :], b_dc.to(tl.float32), mask=m)
+    tl.debug_barrier()
+
+    for i in range(0, n_steps):
+        s = n_steps - 1 - i
+        m_valid = m_b & (s < b_len)  # [BB]
+        mv = m_valid[:, None]
+        if REVERSE:
+            o_t = tl.where(m_valid, b_len - 1 - s, s)
+            o_prev = o_t + 1  # the position processed one step earlier
+        else:
+            o_t = tl.zeros_like(b_len) + s
+            o_prev = o_t - 1
+        o_row = o_t * B + o_b  # [BB]
+        o_row_prev = o_prev * B + o_b
+        s_vec = tl.zeros_like(b_len) + s  # [BB]
+        m_has_prev = m_valid & (s_vec > 0)  # c_{t-1} is a saved state
+        m_first = m_valid & (s_vec == 0)  # c_{t-1} is c0
+
+        if HAS_PROJ:
+            # The gradient reaching h_t, needed whole by dr = dh W_hr.
+            for j in range(0, NP):
+                o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+                m_bp = m_b[:, None] & (o_p < P)[None, :]
+                b_dh = tl.load(dh_state + o_b[:, None] * P + o_p[None, :], mask=m_bp, other=0.0)
+                b_dh += tl.load(
+                    d_out + o_row[:, None] * P + o_p[None, :], mask=m_bp & mv, other=0.0
+                ).to(tl.float32)
+                tl.store(dh_tot + o_b[:, None] * P + o_p[None, :], b_dh, mask=m_bp)
+                tl.store(
+                    d_hs + o_row[:, None] * P + o_p[None, :], tl.where(mv, b_dh, 0.0), mask=m_bp
+                )
+            tl.debug_barrier()
+
+        for j in range(0, NH):
+            o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
+            m_h = o_h < H
+            m_bh = m_b[:, None] & m_h[None, :]
+            if HAS_PROJ:
+                b_dr = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                for k in range(0, NP):
+                    o_k = k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+                    m_k = o_k < P
+                    b_dh = tl.load(
+                        dh_tot + o_b[:, None] * P + o_k[None, :],
+                        mask=m_b[:, None] & m_k[None, :],
+                        other=0.0,
+                    ).to(w_dtype)  # [BB, BK]
+                    b_w = tl.load(
+                        w_hr + o_k[:, None] * H + o_h[None, :],
+                        mask=m_k[:, None] & m_h[None, :],
+                        other=0.0,
+                    ).to(w_dtype)  # [BK, BH]
+                    b_dr += tl.dot(b_dh, b_w, input_precision=DOT_PRECISION)
+            else:
+                b_dr = tl.load(dh_state + o_b[:, None] * P + o_h[None, :], mask=m_bh, other=0.0)
+                b_dr += tl.load(
+                    d_out + o_row[:, None] * P + o_h[None, :], mask=m_bh & mv, other=0.0
+                ).to(tl.float32)
+            p_gt = gates + o_row[:, None] * (4 * H) + o_h[None, :]
+            b_i = tl.load(p_gt, mask=m_bh & mv, other=0.0)
+            b_f = tl.load(p_gt + H, mask=m_bh & mv, other=0.0)
+            b_g = tl.load(p_gt + 2 * H, mask=m_bh & mv, other=0.0)
+            b_o = tl.load(p_gt + 3 * H, mask=m_bh & mv, other=0.0)
+            b_c = tl.load(cs + o_row[:, None] * H + o_h[None, :], mask=m_bh & mv, other=0.0)
+            b_cp = tl.load(
+                cs + o_row_prev[:, None] * H + o_h[None, :],
+                mask=m_bh & m_has_prev[:, None],
+                other=0.0,
+            ) + tl.load(
+                c0 + o_b[:, None] * H + o_h[None, :], mask=m_bh & m_first[:, None], other=0.0
+            ).to(tl.float32)
+            b_tc = _tanh(b_c)
+            p_dc = dc_state + o_b[:, None] * H + o_h[None, :]
+            b_dc_old = tl.load(p_dc, mask=m_bh, other=0.0)
+            b_dc = b_dc_old + b_dr * b_o * (1.0 - b_tc * b_tc)
+            p_da = d_xp + o_row[:, None] * (4 * H) + o_h[None, :]
+            tl.store(p_da, tl.where(mv, b_dc * b_g * b_i * (1.0 - b_i), 0.0), mask=m_bh)
+            tl.store(p_da + H, tl.where(mv, b_dc * b_cp * b_f * (1.0 - b_f), 0.0), mask=m_bh)
+            tl.store(p_da + 2 * H, tl.where(mv, b_dc * b_i * (1.0 - b_g * b_g), 0.0), mask=m_bh)
+            tl.store(p_da + 3 * H, tl.where(mv, b_dr * b_tc * b_o * (1.0 - b_o), 0.0), mask=m_bh)
+            tl.store(p_dc, tl.where(mv, b_dc * b_f, b_dc_old), mask=m_bh)
+        # dh_{t-1} = da_t W_hh needs all four gates of every hidden unit.
+        tl.debug_barrier()
+
+        for j in range(0, NP):
+            o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+            m_p = o_p < P
+            m_bp = m_b[:, None] & m_p[None, :]
+            acc = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
+            for k in range(0, NG):
+                o_k = k * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH] over the 4H gate columns
+                m_k = o_k < 4 * H
+                b_da = tl.load(
+                    d_xp + o_row[:, None] * (4 * H) + o_k[None, :],
+                    mask=m_b[:, None] & m_k[None, :],
+                    other=0.0,
+                ).to(w_dtype)  # [BB, BH]
+                b_w = tl.load(
+                    w_hh + o_k[:, None] * P + o_p[None, :],
+                    mask=m_k[:, None] & m_p[None, :],
+                    other=0.0,
+                )  # [BH, BK]
+                acc += tl.dot(b_da, b_w, input_precision=DOT_PRECISION)
+            p_dh = dh_state + o_b[:, None] * P + o_p[None, :]
+            b_dh_old = tl.load(p_dh, mask=m_bp, other=0.0)
+            tl.store(p_dh, tl.where(mv, acc, b_dh_old), mask=m_bp)
+        tl.debug_barrier()
+
+    for j in range(0, NP):
+        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+        m = m_b[:, None] & (o_p < P)[None, :]
+        b_dh = tl.load(dh_state + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
+        tl.store(d_h0 + o_b[:, None] * P + o_p[None, :], b_dh, mask=m)
+    for j in range(0, NH):
+        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
+        m = m_b[:, None] & (o_h < H)[None, :]
+        b_dc = tl.load(dc_state + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
+        tl.store(d_c0 + o_b[:, None] * H + o_h[None, :], b_dc, mask=m)
+
+    for s in range(n_steps, T):
+        o_row = s * B + o_b  # [BB]
+        for j in range(0, NG):
+            o_g = j * BLOCK_H + tl.arange(0, BLOCK_H)
+            m = m_b[:, None] & (o_g < 4 * H)[None, :]
+            tl.store(
+                d_xp + o_row[:, None] * (4 * H) + o_g[None, :],
+                tl.zeros([BLOCK_B, BLOCK_H], tl.float32),
+                mask=m,
+            )
+        if HAS_PROJ:
+            for j in range(0, NP):
+                o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
+                m = m_b[:, None] & (o_p < P)[None, :]
+                tl.store(
+                    d_hs + o_row[:, None] * P + o_p[None, :],
+                    tl.zeros([BLOCK_B, BLOCK_K], tl.float32),
+                    mask=m,
+                )
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every buffer the launchers hand to a kernel; tests swap in a NaN-filled version."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def _launch(kernel, grid, cfg, device: torch.device, *args, **kwargs) -> None:
+    kwargs.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+def lstm_recurrence_forward(
+    xp: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the recurrence over a precomputed input projection in one launch (no autograd).
+
+    Same contract as ``fastlstm.backends.reference.recurrence_forward``.
+
+    Args:
+        xp: ``[T, B, 4H]`` input projection with both biases added.
+        w_hh: ``[4H, P]`` recurrent weight; w_hr: ``[P, H]`` projection weight or None.
+        h0, c0: ``[B, P]`` and ``[B, H]`` initial state.
+        lengths: ``[B]`` int64 valid lengths (``1 <= len <= T``) on ``xp.device``, or None.
+        reverse: run each sequence backwards from its own last valid step.
+
+    Returns:
+        ``out [T, B, P]`` (dtype of ``xp``, zero past each length), ``h_n [B, P]``,
+        ``c_n [B, H]``, and for backward ``gates [T, B, 4H]`` (activations i, f, g, o) and
+        ``cs [T, B, H]`` (cell state after each step), both fp32, at sequence positions and
+        zero at padded positions.
+    """
+    T, B, G = xp.shape
+    H, P = G // 4, w_hh.shape[1]
+    dev, f32 = xp.device, torch.float32
+    cfg = recurrence_config(B, H, P, w_hh.dtype)
+    out = _empty(T, B, P, dtype=xp.dtype, device=dev)
+    h_n = _empty(B, P, dtype=h0.dtype, device=dev)
+    c_n = _empty(B, H, dtype=c0.dtype, device=dev)
+    gates = _empty(T, B, G, dtype=f32, device=dev)
+    cs = _empty(T, B, H, dtype=f32, device=dev)
+    h_state = _empty(2, B, P, dtype=f32, device=dev)
+    c_state = _empty(B, H, dtype=f32, device=dev)
+    r_state = _empty(B, H, dtype=f32, device=dev) if w_hr is not None else c_state
+    w_hh = w_hh.contiguous()
+    w_hr = w_hh if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
+    grid = (triton.cdiv(B, cfg.block_b),)
+    _launch(
+        _lstm_fwd_kernel,
+        grid,
+        cfg,
+        dev,
+        xp.contiguous(),
+        w_hh,
+        w_hr,
+        h0.contiguous(),
+        c0.contiguous(),
+        xp if lengths is None else lengths.contiguous(),
+        out,
+        h_n,
+        c_n,
+        gates,
+        cs,
+        h_state,
+        c_state,
+        r_state,
+        T,
+        B,
+        H=H,
+        P=P,
+        HAS_LENGTHS=lengths is not None,
+        REVERSE=bool(reverse),
+        HAS_PROJ=w_hr is not w_hh,
+        BLOCK_B=cfg.block_b,
+        BLOCK_H=cfg.block_h,
+        BLOCK_K=cfg.block_k,
+        DOT_PRECISION=dot_precision(w_hh.dtype),
+    )
+    return out, h_n, c_n, gates, cs
+
+
+def lstm_recurrence_backward(
+    d_out: Tensor,
+    d_hn: Tensor,
+    d_cn: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    c0: Tensor,
+    gates: Tensor,
+    cs: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Backpropagation through time in one launch over the saved ``gates`` and ``cs``.
+
+    Same contract as ``fastlstm.backends.reference.recurrence_backward``: returns
+    ``d_xp [T, B, 4H]`` (zero past each length), ``d_h0 [B, P]``, ``d_c0 [B, H]`` and, with a
+    projection, ``d_hs [T, B, P]`` (the total gradient reaching each step's projected h, for
+    ``dW_hr``), else None; all fp32.
+    """
+    T, B, G = gates.shape
+    H, P = G // 4, w_hh.shape[1]
+    dev, f32 = gates.device, torch.float32
+    cfg = recurrence_config(B, H, P, w_hh.dtype)
+    d_xp = _empty(T, B, G, dtype=f32, device=dev)
+    d_h0 = _empty(B, P, dtype=f32, device=dev)
+    d_c0 = _empty(B, H, dtype=f32, device=dev)
+    dh_state = _empty(B, P, dtype=f32, device=dev)
+    dc_state = _empty(B, H, dtype=f32, device=dev)
+    has_proj = w_hr is not None
+    d_hs = _empty(T, B, P, dtype=f32, device=dev) if has_proj else None
+    dh_tot = _empty(B, P, dtype=f32, device=dev) if has_proj else dh_state
+    w_hh = w_hh.contiguous()
+    w_hr = w_hh if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
+    grid = (triton.cdiv(B, cfg.block_b),)
+    _launch(
+        _lstm_bwd_kernel,
+        grid,
+        cfg,
+        dev,
+        d_out.contiguous(),
+        d_hn.contiguous(),
+        d_cn.contiguous(),
+        w_hh,
+        w_hr,
+        c0.contiguous(),
+        gates.contiguous(),
+        cs.contiguous(),
+        gates if lengths is None else lengths.contiguous(),
+        d_xp,
+        d_h0,
+        d_c0,
+        d_xp if d_hs is None else d_hs,
+        dh_state,
+        dc_state,
+        dh_tot,
+        T,
+        B,
+        H=H,
+        P=P,
+        HAS_LENGTHS=lengths is not None,
+        REVERSE=bool(reverse),
+        HAS_PROJ=has_proj,
+        BLOCK_B=cfg.block_b,
+        BLOCK_H=cfg.block_h,
+        BLOCK_K=cfg.block_k,
+        DOT_PRECISION=dot_precision(w_hh.dtype),
+    )
+    return d_xp, d_h0, d_c0, d_hs
+
+
+def _previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """``h_{t-1}`` at every position ``[T, B, P]``: what each step multiplied by ``W_hh``.
+
+    Padded positions get stale values; their gate gradients are zero, so ``dW_hh`` ignores
+    them.
+    """
+    h0 = h0.to(out.dtype).unsqueeze(0)  # [1, B, P]
+    if not reverse:
+        return torch.cat([h0, out[:-1]], 0)
+    prev = torch.cat([out[1:], torch.zeros_like(h0)], 0)  # [T, B, P]
+    if lengths is None:
+        prev[-1] = h0[0]
+    else:
+        # A reversed sequence starts from h0 at its own last valid position.
+        prev[lengths - 1, torch.arange(out.shape[1], device=out.device)] = h0[0]
+    return prev
+
+
+class LSTMDirectionFunction(torch.autograd.Function):
+    """One direction of one layer: input GEMM + forward kernel; backward kernel + GEMMs."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
+        xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
+        if b_ih is not None:
+            xp = xp + b_ih
+        if b_hh is not None:
+            xp = xp + b_hh
+        out, h_n, c_n, gates, cs = lstm_recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
+        ctx.reverse = reverse
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return out, h_n, c_n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_hn, d_cn):
+        x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_xp, d_h0, d_c0, d_hs = lstm_recurrence_backward(
+            d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, ctx.reverse
+        )
+        # The GEMMs run in the weights' dtype (tensor cores for half types), accumulating
+        # in fp32 inside cuBLAS; the fp32 d_xp from the kernel is cast once.
+        T, B, G = d_xp.shape
+        d_xp_w = d_xp.to(w_ih.dtype).view(T * B, G)  # [T*B, 4H]
+        dx = dw_ih = dw_hh = db = dw_hr = None
+        if need[0]:
+            dx = (d_xp_w @ w_ih).view(T, B, -1).to(x.dtype)  # [T, B, I]
+        if need[1]:
+            dw_ih = (d_xp_w.t() @ x.reshape(T * B, -1).to(w_ih.dtype)).to(w_ih.dtype)
+        if need[2]:
+            h_prev = _previous_states(out, h0, lengths, ctx.reverse).to(w_hh.dtype)  # [T, B, P]
+            dw_hh = d_xp_w.t() @ h_prev.reshape(T * B, -1)  # [4H, P]
+        if need[3] or need[4]:
+            db = d_xp.sum((0, 1))  # [4H] fp32
+        if w_hr is not None and need[5]:
+            H = cs.shape[-1]
+            r = gates[..., 3 * H :] * torch.tanh(cs)  # [T, B, H] = o * tanh(c)
+            dw_hr = d_hs.view(T * B, -1).t() @ r.view(T * B, H)  # [P, H] fp32
+            dw_hr = dw_hr.to(w_hr.dtype)
+        db_ih = db.to(w_ih.dtype) if need[3] else None
+        db_hh = db.to(w_hh.dtype) if need[4] else None
+        d_h0 = d_h0.to(h0.dtype) if need[6] else None
+        d_c0 = d_c0.to(c0.dtype) if need[7] else None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, d_h0, d_c0, None, None
+
+
+def can_serve(x: Tensor, w_hh: Tensor, w_hr: Tensor | None = None) -> str | None:
+    """None when the kernels can run a direction with these tensors, else the reason why not."""
+    H = w_hh.shape[0] // 4
+    P = 0 if w_hr is None else w_hr.shape[0]
+    return unsupported_reason(x.device, x.dtype, H, P)
+
+
+def _check_shape(name: str, t: Tensor | None, expected: tuple[int, ...]) -> None:
+    if t is not None and tuple(t.shape) != expected:
+        raise ValueError(f"{name} must have shape {list(expected)}, got {list(t.shape)}")
+
+
+def _check_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [T, B, I], got shape {list(x.shape)}")
+    T, B, I = x.shape
+    if T == 0 or B == 0:
+        raise ValueError(f"x must have T >= 1 and B >= 1, got shape {list(x.shape)}")
+    if w_ih.dim() != 2 or w_ih.shape[0] % 4 != 0:
+        raise ValueError(f"w_ih must be [4H, I], got shape {list(w_ih.shape)}")
+    H = w_ih.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
+    _check_shape("w_ih", w_ih, (4 * H, I))
+    _check_shape("w_hh", w_hh, (4 * H, P))
+    _check_shape("w_hr", w_hr, (P, H))
+    _check_shape("b_ih", b_ih, (4 * H,))
+    _check_shape("b_hh", b_hh, (4 * H,))
+    _check_shape("h0", h0, (B, P))
+    _check_shape("c0", c0, (B, H))
+    named = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "b_ih": b_ih, "b_hh": b_hh}
+    named.update(h0=h0, c0=c0)
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}, expected {x.device} like x")
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype}, expected {x.dtype} like x")
+    if lengths is not None:
+        if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"lengths must be an int32/int64 tensor of shape [{B}], got "
+                f"{lengths.dtype} of shape {list(lengths.shape)}"
+            )
+        if lengths.device != x.device:
+            raise ValueError(f"lengths is on {lengths.device}, expected {x.device} like x")
+        lo, hi = (int(v) for v in torch.aminmax(lengths))
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths must lie in [1, T={T}], got values in [{lo}, {hi}]")
+
+
+def lstm_direction(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    w_hr: Tensor | None = None,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of one LSTM layer with the fused Triton kernels (differentiable).
+
+    The input projection is one GEMM, the whole time loop one kernel launch, and backward
+    one launch for the time loop followed by GEMMs for the weight, input and bias gradients.
+    State and accumulation are fp32 whatever the input dtype. Under ``torch.autocast`` the
+    floating inputs are cast to the autocast dtype first, as autocast does for ``nn.LSTM``.
+
+    Args:
+        x: ``[T, B, I]`` padded input (float32, bfloat16 or float16).
+        w_ih: ``[4H, I]``; w_hh: ``[4H, P]`` weights, gate order i, f, g, o.
+        b_ih, b_hh: ``[4H]`` biases, or None.
+        w_hr: ``[P, H]`` projection weight (``proj_size = P``), or None (``P = H``).
+        h0, c0: ``[B, P]`` and ``[B, H]`` initial state; zeros when None.
+        lengths: ``[B]`` integer valid lengths in ``[1, T]`` on ``x.device``, or None when
+            every sequence has length ``T``.
+        reverse: run each sequence backwards, starting at its own last valid step.
+
+    Returns:
+        ``out [T, B, P]`` (zero past each length), ``h_n [B, P]`` and ``c_n [B, H]`` taken at
+        each sequence's last valid step.
+
+    Raises:
+        ValueError: shapes, dtypes, devices or lengths that do not fit together.
+        RuntimeError: a request the kernels cannot serve (see :func:`can_serve`).
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = (
+            None if t is None else t.to(dtype) for t in (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+        )
+    _check_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths)
+    reason = can_serve(x, w_hh, w_hr)
+    if reason is not None:
+        raise RuntimeError(f"the Triton LSTM kernels cannot run this call: {reason}")
+    _, B, _ = x.shape
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    if h0 is None:
+        h0 = x.new_zeros(B, P)
+    if c0 is None:
+        c0 = x.new_zeros(B, H)
+    if lengths is not None:
+        lengths = lengths.to(torch.int64)
+    with torch.autocast(x.device.type, enabled=False):
+        return LSTMDirectionFunction.apply(
+            x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, bool(reverse)
+        )
