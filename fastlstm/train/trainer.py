@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -194,17 +195,22 @@ def evaluate(
 
 
 class _StopFlag:
-    """Turns the first Ctrl-C into a request to stop after the current step."""
+    """Turns the first Ctrl-C (or SIGTERM) into a request to stop after the current step.
+
+    SIGTERM is included because torchrun forwards a Ctrl-C to its workers as SIGTERM.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: Ctrl-C cannot be caught here
-            self._previous = None
+        for sig in self.SIGNALS:
+            # Outside the main thread signals cannot be caught; training still runs.
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -213,8 +219,9 @@ class _StopFlag:
         self.requested = True
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
 
 class Trainer:
@@ -432,9 +439,11 @@ class Trainer:
         if status == "interrupted":
             return result
         if self.data.test is not None and cfg.evaluate_test and self.best["epoch"] > 0:
-            from fastlstm.train.checkpoint import read_tensors as _read
-
-            self.model.load_state_dict(_read(self.out / "model.safetensors"))
+            # Every rank reloads the best weights from the file rank 0 wrote at that epoch;
+            # the barrier makes sure the last write has landed.
+            if self.world > 1:
+                dist.barrier()
+            self.model.load_state_dict(read_tensors(self.out / "model.safetensors"))
             test = evaluate(self.ddp, self.data.test, cfg.eval_batch_size, self.device, self.amp)
             result.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
         if self.main:

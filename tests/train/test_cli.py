@@ -2,6 +2,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,40 @@ def test_resume_through_the_cli_finishes_the_run(tmp_path, archive, capsys):
     rows = json.loads((out / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert Path(json.loads((out / "metrics.json").read_text())["config"]["data"]) == archive
+
+
+def test_ctrl_c_saves_a_resumable_run(tmp_path, archive):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastlstm",
+        "train",
+        "--data",
+        str(archive),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "1000",
+        *TRAIN,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # wait until training is under way
+            if line.startswith("epoch 2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "--resume" in stdout and "interrupted" in stdout
+    state = json.loads((out / "resume" / "state.json").read_text())
+    assert state["epoch"] >= 2
+    rc, stdout, stderr = _cli(
+        "train", "--out", out, "--resume", "--epochs", state["epoch"] + 1, "--no-progress"
+    )
+    assert rc == 0, stderr
+    assert f"/{state['epoch'] + 1}" in stdout
