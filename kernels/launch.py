@@ -91,6 +91,9 @@ def unsupported_reason(
     if device.type == "cpu":
         if not interpreting():
             return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
+        if dtype == torch.bfloat16:
+            # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bf16).
+            return "bfloat16 is not supported by the Triton CPU interpreter (it runs on CUDA)"
     elif device.type != "cuda":
         return f"device type {device.type!r} is not supported by the Triton kernels"
     if dtype not in SUPPORTED_DTYPES:

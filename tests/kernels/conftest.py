@@ -1,0 +1,58 @@
+"""Fixtures for the kernel tests.
+
+Without CUDA the kernels run on CPU tensors through Triton's interpreter, which needs
+``TRITON_INTERPRET=1`` before triton is first imported; this file sets it (the top-level
+conftest does too) so that ``pytest tests/kernels`` works on its own.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+from fastlstm.kernels import launch, lstm
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("cpu", id="interp"),
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+            ],
+        ),
+    ]
+)
+def device(request) -> torch.device:
+    """The interpreter on CPU tensors (CI), and a real GPU where there is one."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def poison_buffers(monkeypatch):
+    """NaN-fill every buffer the launchers allocate, so an element a kernel never writes
+    (an output, or a scratch value read before it is initialised) fails the comparison."""
+
+    def nan_empty(*shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(lstm, "_empty", nan_empty)
+
+
+@pytest.fixture(params=["default", "tiny"])
+def tiles(request, monkeypatch):
+    """Run with the real launch settings, and with 16-wide tiles everywhere so that small
+    shapes walk several hidden tiles, K-chunks and batch tiles."""
+    if request.param == "tiny":
+        tiny = launch.RecurrenceConfig(
+            block_b=16, block_h=16, block_k=16, num_warps=4, num_stages=1
+        )
+        monkeypatch.setattr(lstm, "recurrence_config", lambda *args, **kwargs: tiny)
+    return request.param
