@@ -88,6 +88,12 @@ def unsupported_reason(
 ) -> str | None:
     """None when the kernels can run this request, else a human-readable reason."""
     device = torch.device(device)
+    if dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype} is not supported by the Triton kernels (float32, bfloat16, float16)"
+    if hidden_size > MAX_HIDDEN:
+        return f"hidden size {hidden_size} > {MAX_HIDDEN} supported by the Triton kernels"
+    if proj_size > MAX_HIDDEN:
+        return f"proj_size {proj_size} > {MAX_HIDDEN} supported by the Triton kernels"
     if device.type == "cpu":
         if not interpreting():
             return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
@@ -96,12 +102,6 @@ def unsupported_reason(
             return "bfloat16 is not supported by the Triton CPU interpreter (it runs on CUDA)"
     elif device.type != "cuda":
         return f"device type {device.type!r} is not supported by the Triton kernels"
-    if dtype not in SUPPORTED_DTYPES:
-        return f"dtype {dtype} is not supported by the Triton kernels (float32, bfloat16, float16)"
-    if hidden_size > MAX_HIDDEN:
-        return f"hidden size {hidden_size} > {MAX_HIDDEN} supported by the Triton kernels"
-    if proj_size > MAX_HIDDEN:
-        return f"proj_size {proj_size} > {MAX_HIDDEN} supported by the Triton kernels"
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if major < 7:

@@ -19,7 +19,13 @@ from fastlstm.kernels import launch, lstm
 
 @pytest.fixture(
     params=[
-        pytest.param("cpu", id="interp"),
+        pytest.param(
+            "cpu",
+            id="interp",
+            marks=pytest.mark.skipif(
+                not launch.interpreting(), reason="CPU tensors need TRITON_INTERPRET=1"
+            ),
+        ),
         pytest.param(
             "cuda",
             id="cuda",
