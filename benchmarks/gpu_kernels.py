@@ -196,7 +196,8 @@ def environment(device: torch.device) -> dict[str, str]:
         "cuda": str(torch.version.cuda),
         "cudnn": str(torch.backends.cudnn.version()),
         "python": platform.python_version(),
-        "tf32": str(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_matmul": str(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": str(torch.backends.cudnn.allow_tf32),
     }
 
 
@@ -233,7 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run only shapes whose name contains this")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (interpreter smoke test)")
+    parser.add_argument(
+        "--tf32", action="store_true", help="let cuDNN, cuBLAS and the kernels use TF32 for fp32"
+    )
     args = parser.parse_args(argv)
+    # PyTorch lets cuDNN use TF32 by default while the kernels' fp32 dots are exact by
+    # default: compare like with like (both exact, or both TF32 with --tf32).
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_kernels: needs a CUDA device", file=sys.stderr)
@@ -259,11 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows[first:]:
             if "ms" in r:
                 print(f"  {r['mode']:8s} {r['provider']:12s} {r['ms']:9.3f} ms", flush=True)
+        # Written after every shape, so a run cut short still leaves its results.
+        ok_rows = [r for r in rows if "ms" in r]
         (args.out / "kernels.json").write_text(
             json.dumps({"environment": env, "tests": args.tests, "rows": rows}, indent=1)
         )
+        (args.out / "kernels.md").write_text(markdown(env, ok_rows, args.tests))
     ok_rows = [r for r in rows if "ms" in r]
-    (args.out / "kernels.md").write_text(markdown(env, ok_rows, args.tests))
     print((args.out / "kernels.md").read_text())
     failed = len(ok_rows) != len(rows) or any(not r["agrees_with_cudnn"] for r in ok_rows)
     return 1 if failed else 0
