@@ -8,8 +8,10 @@ with ``nn.LSTM`` on a ``PackedSequence`` (pack and unpack included: that is what
 pays). Before timing, every shape is checked against cuDNN; a shape that disagrees is
 reported as a mismatch and gets no ratio.
 
-Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Ratios are cuDNN time / provider
-time, so above 1 means faster than cuDNN. Usage: ``python benchmarks/gpu_kernels.py --out DIR``.
+Writes ``kernels.json`` and ``kernels.md`` to ``--out``; ``--sweep`` instead times the kernels
+under alternative launch settings (``sweep.json``), data for tuning ``kernels/launch.py``.
+Ratios are cuDNN time / provider time, so above 1 means faster than cuDNN.
+Usage: ``python benchmarks/gpu_kernels.py --out DIR``.
 """
 
 from __future__ import annotations
@@ -225,6 +227,48 @@ def markdown(env: dict[str, str], rows: list[dict], tests: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep(shapes: list[Shape], warmup: int, repeats: int, device: torch.device) -> list[dict]:
+    """Forward+backward time of the kernels under alternative launch settings.
+
+    Data for tuning ``kernels/launch.py`` (not part of the default check): each setting
+    replaces ``recurrence_config`` for the whole call.
+    """
+    from fastlstm.kernels import launch
+    from fastlstm.kernels import lstm as lstm_module
+
+    default = lstm_module.recurrence_config
+    rows = []
+    for shape in shapes:
+        dtype = DTYPES[shape.dtype]
+        torch.manual_seed(0)
+        lstm = nn.LSTM(shape.I, shape.H).to(device, dtype)
+        x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=dtype, requires_grad=True)
+        params = list(lstm.parameters())
+        base = default(shape.B, shape.H, shape.H, dtype)
+        for block_h in (32, 64, 128):
+            for num_warps in (4, 8):
+                for num_stages in (1, 2):
+                    cfg = launch.RecurrenceConfig(
+                        base.block_b, block_h, base.block_k, num_warps, num_stages
+                    )
+                    lstm_module.recurrence_config = lambda *a, cfg=cfg, **k: cfg
+
+                    def call(x=x, params=params):
+                        out = lstm_direction(x, *params)
+                        torch.autograd.grad(out[0].float().sum(), [x, *params])
+
+                    try:
+                        timing = time_ms(call, warmup, repeats, device)
+                    except Exception as err:  # a setting that does not compile or fit
+                        timing = {"error": repr(err)[:300]}
+                    finally:
+                        lstm_module.recurrence_config = default
+                    row = {"shape": shape.name, **asdict(cfg), "default": cfg == base, **timing}
+                    rows.append(row)
+                    print(f"  sweep {row}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu"))
@@ -234,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run only shapes whose name contains this")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (interpreter smoke test)")
+    parser.add_argument(
+        "--sweep", action="store_true", help="time alternative launch settings (sweep.json)"
+    )
     parser.add_argument(
         "--tf32", action="store_true", help="let cuDNN, cuBLAS and the kernels use TF32 for fp32"
     )
@@ -253,10 +300,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(device)
+    shapes = [
+        s for s in (TINY_SHAPES if args.tiny else SHAPES) if not args.only or args.only in s.name
+    ]
+    if args.sweep:
+        rows = sweep([s for s in shapes if not s.varlen], args.warmup, args.repeats, device)
+        (args.out / "sweep.json").write_text(
+            json.dumps({"environment": env, "rows": rows}, indent=1)
+        )
+        return 0
     rows: list[dict] = []
-    for shape in TINY_SHAPES if args.tiny else SHAPES:
-        if args.only and args.only not in shape.name:
-            continue
+    for shape in shapes:
         print(f"gpu_kernels: {shape.name}", flush=True)
         first = len(rows)
         try:

@@ -286,3 +286,16 @@ def test_can_serve_names_the_reason(device):
     assert can_serve(x, torch.zeros(64, 16, device=device)) is None
     assert "float64" in can_serve(x.double(), torch.zeros(64, 16, device=device))
     assert "4096 > 2048" in can_serve(x, torch.zeros(4 * 4096, 16, device=device))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tf32_opt_in_stays_close(monkeypatch):
+    """allow_tf32 switches the fp32 dots to TF32: faster, and still close to the reference."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    device = torch.device("cuda")
+    inputs = make_inputs(16, 20, 32, 96, 0, device)
+    actual = lstm_direction(**inputs)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    expected = reference.run_direction(*inputs.values(), None, False)
+    compare_direction(actual, expected, inputs, atol=5e-3, rtol=5e-3)
