@@ -298,8 +298,8 @@ def load_corpus(
     try:
         cache.mkdir(parents=True, exist_ok=True)
         # Per-process temporary names: torchrun ranks may build the same entry at once.
-        tmp_t = tensors_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp_m = meta_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp_t = tensors_path.with_name(f"{tensors_path.name}.{os.getpid()}.tmp")
+        tmp_m = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
         save_file({"ids": corpus.ids, "offsets": corpus.offsets, "labels": corpus.labels}, tmp_t)
         tmp_m.write_text(
             json.dumps(

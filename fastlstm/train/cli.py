@@ -146,6 +146,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 2e-3)")
     g.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        help="constant learning rate, or cosine decay to zero over all epochs (default constant)",
+    )
+    g.add_argument(
         "--clip",
         type=float,
         metavar="NORM",

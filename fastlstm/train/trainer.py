@@ -43,6 +43,7 @@ from fastlstm.train.checkpoint import (
 __all__ = ["TrainConfig", "Trainer", "build_datasets", "evaluate", "is_main_process"]
 
 RESUME_DIR = "resume"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     lr: float = 2e-3
+    lr_schedule: str = "constant"
     clip: float = 30.0
     epochs: int = 6
     val_fraction: float = 0.1
@@ -244,6 +246,10 @@ class Trainer:
         data: Datasets,
         on_step: Callable[[Trainer, int, int], None] | None = None,
     ) -> None:
+        if config.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}"
+            )
         self.config, self.data, self.on_step = config, data, on_step
         self.device = torch.device(config.device)
         self.out = Path(config.out)
@@ -343,6 +349,15 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
+    def _set_lr(self, steps_per_epoch: int) -> None:
+        """Cosine decay to zero over the run, from the position alone (so resume matches)."""
+        if self.config.lr_schedule == "constant":
+            return
+        done = (self.epoch * steps_per_epoch + self.step) / (self.config.epochs * steps_per_epoch)
+        lr = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _train_epoch(self) -> bool:
         """Run (the rest of) epoch ``self.epoch``; False when stopped part-way."""
         cfg = self.config
@@ -377,6 +392,7 @@ class Trainer:
                 loss.backward()
                 if cfg.clip:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+                self._set_lr(len(batches))
                 self.optimizer.step()
                 self.step += 1
                 p["loss_sum"] += float(loss.detach()) * len(idx)

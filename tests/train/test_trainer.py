@@ -78,12 +78,16 @@ def _history(out):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
 
 
-@pytest.mark.parametrize("stop_at", [(0, 5), (1, 1)], ids=["mid-epoch1", "start-epoch2"])
-def test_interrupt_and_resume_equals_uninterrupted(tmp_path, corpus, stop_at):
-    cfg_a = _config(tmp_path / "a")
+@pytest.mark.parametrize(
+    ("stop_at", "schedule"),
+    [((0, 5), "constant"), ((1, 1), "cosine")],
+    ids=["mid-epoch1", "start-epoch2-cosine"],
+)
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path, corpus, stop_at, schedule):
+    cfg_a = _config(tmp_path / "a", lr_schedule=schedule)
     Trainer(cfg_a, build_datasets(cfg_a, corpus)).fit()
 
-    cfg_b = _config(tmp_path / "b")
+    cfg_b = _config(tmp_path / "b", lr_schedule=schedule)
     data_b = build_datasets(cfg_b, corpus)
 
     def interrupt(trainer, epoch, step):
