@@ -1,0 +1,282 @@
+"""Turn benchmark rows into a printed table, JSON and CSV files, and a speedup chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from fastlstm.bench.providers import BASELINE_VARIABLE
+
+__all__ = [
+    "CSV_FIELDS",
+    "format_headline",
+    "format_table",
+    "headline_ratios",
+    "load_json",
+    "plot_speedup",
+    "write_csv",
+    "write_json",
+]
+
+CSV_FIELDS = (
+    "shape",
+    "T",
+    "B",
+    "I",
+    "H",
+    "layers",
+    "bidirectional",
+    "min_len",
+    "provider",
+    "mode",
+    "status",
+    "backend",
+    "median_ms",
+    "q1_ms",
+    "q3_ms",
+    "min_ms",
+    "repeats",
+    "peak_mem_bytes",
+    "baseline",
+    "speedup",
+    "check_rel_err",
+    "detail",
+)
+
+# The side-by-side ratios the drop-in issue asks for: (label, provider, versus, which shapes).
+_HEADLINES = (
+    ("auto vs nn.LSTM (padded)", "fastlstm-auto", "nn.LSTM-padded", "fixed"),
+    ("auto+lengths vs nn.LSTM packed", "fastlstm-auto", BASELINE_VARIABLE, "variable"),
+    ("fastlstm vs nn.LSTM, same PackedSequence", "fastlstm-packed", BASELINE_VARIABLE, "variable"),
+    ("reference vs python loop", "fastlstm-reference", "python-loop", "all"),
+)
+
+
+def _fmt_ms(value: object) -> str:
+    if value is None:
+        return "-"
+    v = float(value)
+    return f"{v:.3g}" if v < 10 else f"{v:.0f}"
+
+
+def _fmt_x(value: object) -> str:
+    return "-" if value is None else f"{float(value):.2f}x"
+
+
+def _fmt_mb(value: object) -> str:
+    return "-" if value is None else f"{int(value) / 2**20:.1f}"
+
+
+def _index(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict]:
+    return {(r["shape"], r["provider"], r["mode"]): r for r in rows}
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """One line per (shape, provider): times, speedups over nn.LSTM, peak memory, status."""
+    by_key = _index(rows)
+    header = (
+        "shape",
+        "provider",
+        "backend",
+        "fwd ms",
+        "fwd x",
+        "fwd+bwd ms",
+        "fwd+bwd x",
+        "peak MB",
+        "note",
+    )
+    lines: list[tuple[str, ...]] = []
+    seen: list[tuple[str, str]] = []
+    for r in rows:
+        key = (r["shape"], r["provider"])
+        if key not in seen:
+            seen.append(key)
+    for shape, provider in seen:
+        fwd = by_key.get((shape, provider, "fwd"), {})
+        both = by_key.get((shape, provider, "fwd+bwd"), {})
+        any_row = fwd or both
+        if any_row.get("status") == "not applicable":
+            continue
+        note = any_row.get("status") if any_row.get("status") != "ok" else ""
+        detail = any_row.get("detail") or ""
+        if detail:
+            note = f"{note}: {detail}" if note else detail
+        if provider == any_row.get("baseline"):
+            note = f"baseline; {note}" if note else "baseline"
+        lines.append(
+            (
+                shape,
+                provider,
+                str(any_row.get("backend") or "-"),
+                _fmt_ms(fwd.get("median_ms")),
+                _fmt_x(fwd.get("speedup")),
+                _fmt_ms(both.get("median_ms")),
+                _fmt_x(both.get("speedup")),
+                _fmt_mb(both.get("peak_mem_bytes")),
+                note,
+            )
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    numeric = {3, 4, 5, 6, 7}
+
+    def render(cells: Sequence[str]) -> str:
+        cols = enumerate(zip(cells, widths, strict=True))
+        parts = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in cols]
+        return "  ".join(parts).rstrip()
+
+    out = [render(header), render(["-" * w for w in widths])]
+    previous = None
+    for line in lines:
+        if previous is not None and line[0] != previous:
+            out.append("")
+        out.append(render(line))
+        previous = line[0]
+    return "\n".join(out)
+
+
+def headline_ratios(rows: Sequence[dict]) -> list[dict[str, object]]:
+    """The drop-in issue's ratios, each from two medians measured in this run.
+
+    ``ratio`` = time(versus) / time(provider): above 1 means the provider is faster.
+    """
+    by_key = _index(rows)
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    variable = {r["shape"]: r["min_len"] is not None for r in rows}
+    out = []
+    for label, provider, versus, which in _HEADLINES:
+        for shape in shapes:
+            if which != "all" and variable[shape] != (which == "variable"):
+                continue
+            for mode in ("fwd", "fwd+bwd"):
+                a = by_key.get((shape, provider, mode))
+                b = by_key.get((shape, versus, mode))
+                if not (a and b and a["status"] == "ok" and b["status"] == "ok"):
+                    continue
+                out.append(
+                    {
+                        "comparison": label,
+                        "shape": shape,
+                        "mode": mode,
+                        "provider": provider,
+                        "versus": versus,
+                        "ratio": float(b["median_ms"]) / float(a["median_ms"]),
+                    }
+                )
+    return out
+
+
+def format_headline(ratios: Sequence[dict]) -> str:
+    """The headline ratios as an aligned text block (empty string when there are none)."""
+    if not ratios:
+        return ""
+    width_l = max(len(r["comparison"]) for r in ratios)
+    width_s = max(len(r["shape"]) for r in ratios)
+    lines = [
+        f"{r['comparison']:<{width_l}}  {r['shape']:<{width_s}}  {r['mode']:<7}  {r['ratio']:.2f}x"
+        for r in ratios
+    ]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, environment: dict, config: dict, rows: Sequence[dict]) -> Path:
+    """Write ``{"environment", "config", "headline", "rows"}`` as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "environment": environment,
+        "config": config,
+        "headline": headline_ratios(rows),
+        "rows": list(rows),
+    }
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_json(path: Path) -> dict:
+    """Read a results file written by :func:`write_json`."""
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: Path, rows: Sequence[dict], environment: dict | None = None) -> Path:
+    """Write one CSV line per row; environment fields that identify the run are prepended."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env_fields = ("date_utc", "machine", "hardware", "device", "dtype", "torch", "triton", "cuda")
+    env = environment or {}
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*env_fields, *CSV_FIELDS])
+        for r in rows:
+            env_cells = [env.get(k, "") for k in env_fields]
+            writer.writerow(env_cells + [_csv(r.get(k)) for k in CSV_FIELDS])
+    return path
+
+
+def _csv(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def plot_speedup(
+    path: Path, rows: Sequence[dict], environment: dict, title: str | None = None
+) -> Path:
+    """Bar chart of speedup over nn.LSTM per shape (groups) and provider (bars), per mode.
+
+    Uses matplotlib's Agg backend so it works without a display. Providers without a checked
+    time on a shape leave a gap; the baseline's own bar (1.0) is drawn for reference.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    providers = list(
+        dict.fromkeys(r["provider"] for r in rows if r["status"] == "ok" and r["speedup"])
+    )
+    by_key = _index(rows)
+    fig, axes = plt.subplots(
+        len(modes), 1, figsize=(max(7.0, 1.6 * len(shapes) + 3), 3.6 * len(modes)), squeeze=False
+    )
+    width = 0.8 / max(1, len(providers))
+    cmap = plt.get_cmap("tab10")
+    for ax, mode in zip(axes[:, 0], modes, strict=True):
+        for j, provider in enumerate(providers):
+            xs, ys = [], []
+            for i, shape in enumerate(shapes):
+                r = by_key.get((shape, provider, mode))
+                if r and r["status"] == "ok" and r["speedup"]:
+                    xs.append(i - 0.4 + width * (j + 0.5))
+                    ys.append(float(r["speedup"]))
+            ax.bar(xs, ys, width, label=provider, color=cmap(j % 10))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(shapes)))
+        ax.set_xticklabels(shapes, rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel(f"{mode}: speedup vs nn.LSTM")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=min(4, len(providers)), loc="best")
+    heading = title or (
+        f"fastlstm bench: {environment.get('hardware')} ({environment.get('device')}, "
+        f"{environment.get('dtype')}), torch {environment.get('torch')}, "
+        f"{environment.get('date_utc')}"
+    )
+    fig.suptitle(heading, fontsize=9)
+    fig.text(
+        0.01,
+        0.005,
+        "higher is faster; variable-length shapes compare with nn.LSTM on the PackedSequence",
+        fontsize=7,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,203 @@
+"""Timing and peak memory of one benchmark call.
+
+Times are wall-clock per call, median over repeats after warmup. On CUDA each repeat is
+bracketed by CUDA events and the device is synchronised before the clock is read, so
+asynchronous launches are never mistaken for finished work. Peak memory is measured in a
+separate, untimed call because the CPU measurement needs the profiler, which slows calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["MEMORY_METHODS", "Timing", "measure_interleaved", "measure_time", "peak_memory"]
+
+# What the peak-memory figure means on each device type (also written into the results).
+MEMORY_METHODS = {
+    "cuda": "torch.cuda.max_memory_allocated during the call, minus what was allocated before",
+    "cpu": "peak of the running total of torch CPU allocations minus frees during the call "
+    "(torch.profiler profile_memory events); tensors alive before the call are not counted",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated calls, in seconds; ``times`` keeps every repeat."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    repeats: int
+    times: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        """Fields as a plain dict (for JSON)."""
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call; on CUDA between two events, after the work has finished."""
+    if device.type == "cuda":
+        start_ev = torch.cuda.Event(enable_timing=True)
+        end_ev = torch.cuda.Event(enable_timing=True)
+        start_ev.record()
+        fn()
+        end_ev.record()
+        end_ev.synchronize()
+        return start_ev.elapsed_time(end_ev) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _summary(times: list[float]) -> Timing:
+    quart = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Timing(
+        median=statistics.median(times),
+        q1=quart[0],
+        q3=quart[2],
+        min=min(times),
+        repeats=len(times),
+        times=tuple(times),
+    )
+
+
+def _check_counts(warmup: int, repeats: int, min_repeats: int) -> None:
+    if repeats < 1 or min_repeats < 1 or warmup < 0:
+        raise ValueError(
+            f"timing: expected repeats >= 1, min_repeats >= 1 and warmup >= 0, got "
+            f"repeats={repeats}, min_repeats={min_repeats}, warmup={warmup}"
+        )
+
+
+def measure_time(
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    min_repeats: int = 3,
+    budget_s: float | None = None,
+) -> Timing:
+    """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
+
+    With ``budget_s`` the timed loop stops early once that many seconds have been spent and
+    at least ``min_repeats`` calls were timed, so one slow provider cannot blow the run's
+    time budget; the number of repeats actually done is recorded.
+    """
+    return measure_interleaved(
+        {"fn": fn},
+        device,
+        warmup=warmup,
+        repeats=repeats,
+        min_repeats=min_repeats,
+        budget_s=budget_s,
+    )["fn"]
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    min_repeats: int = 3,
+    budget_s: float | None = None,
+) -> dict[str, Timing]:
+    """Time several callables side by side: each round calls every one once, in turn.
+
+    On a shared machine the load changes from second to second; interleaving spreads those
+    changes over all competitors alike, so the ratio of two medians stays meaningful even
+    when the absolute times wander. The starting point rotates every round so no callable
+    always runs right after the same neighbour. ``budget_s`` is per callable: rounds stop
+    once the total time spent exceeds ``budget_s * len(fns)`` and ``min_repeats`` rounds ran.
+    """
+    device = torch.device(device)
+    _check_counts(warmup, repeats, min_repeats)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    spent = 0.0
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            elapsed = _time_once(fns[name], device)
+            times[name].append(elapsed)
+            spent += elapsed
+        if budget_s is not None and spent >= budget_s * len(names) and round_ + 1 >= min_repeats:
+            break
+    return {name: _summary(ts) for name, ts in times.items()}
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence the profiler's native start/stop log lines, which bypass ``sys.stderr``."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with (
+        _quiet_native_stderr(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
+        fn()
+    # Memory events carry signed sizes (allocation > 0, free < 0); only CPU ones count here.
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+    ]
+    events.sort(key=lambda e: e.start_ns())
+    total = peak = 0
+    for event in events:
+        total += event.nbytes()
+        peak = max(peak, total)
+    return peak
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+    """Peak bytes allocated by ``fn()`` beyond what was already allocated (see MEMORY_METHODS)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    if device.type == "cpu":
+        return _cpu_peak_bytes(fn)
+    raise ValueError(f"peak_memory: unsupported device type {device.type!r}; expected cpu or cuda")
