@@ -12,8 +12,10 @@ from fastlstm.data.text import PAD_INDEX
 
 __all__ = ["PRESETS", "SentimentClassifier"]
 
-# Model presets by name. "exercise" matches the teaching exercise this project is measured
-# against (vocabulary 5,000 + 2 specials, embedding 40, hidden 30: about 207k parameters);
+# Model presets by name. "exercise" has the size of the teaching exercise this project is
+# measured against (vocabulary 5,000 + 2 specials, embedding 40, hidden 30: 208,751
+# parameters); it differs only where that costs no parameters: max pooling over time instead
+# of the last state, and dropout (pooling="last", dropout=0.0 gives the exercise's head).
 # "default" is the stronger model under 1M parameters.
 PRESETS: dict[str, dict[str, Any]] = {
     "exercise": {
@@ -22,8 +24,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hidden_size": 30,
         "num_layers": 1,
         "bidirectional": False,
-        "dropout": 0.0,
-        "pooling": "last",
+        "dropout": 0.25,
+        "pooling": "max",
     },
     "default": {
         "vocab_max_size": 10000,

@@ -20,7 +20,7 @@ TRAIN_DESCRIPTION = """\
 Train the IMDB sentiment classifier (embedding -> fastlstm.LSTM -> linear -> logit).
 
   fastlstm train --data PATH              the default model (~0.7M parameters), 6 epochs
-  fastlstm train --data PATH --preset exercise   the teaching exercise's size (~209k)
+  fastlstm train --data PATH --preset exercise   the teaching exercise's size (209k), 12 epochs
 
 PATH is the aclImdb folder or the .tar.gz archive (official aclImdb_v1.tar.gz or the same
 layout). Without --data, the archive cached by an earlier --download is used; --download
@@ -107,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=list(PRESETS),
         default="default",
         help="'default': bidirectional LSTM 64, embedding 64, max pooling, "
-        "vocabulary 10,000; 'exercise': LSTM 30, embedding 40, last state, 5,000",
+        "vocabulary 10,000; 'exercise': LSTM 30, embedding 40, max pooling, 5,000",
     )
     g.add_argument("--embedding-dim", type=_positive_int, metavar="N", help="embedding width")
     g.add_argument(
@@ -137,7 +137,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="LSTM backend (default auto: triton on CUDA, aten on CPU)",
     )
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs (default 6)")
+    g.add_argument(
+        "--epochs",
+        type=_positive_int,
+        metavar="N",
+        help="epochs (default: 6 for the default preset, 12 for exercise)",
+    )
     g.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -455,9 +460,10 @@ def run_train(args: argparse.Namespace) -> int:
     test = (
         f"test accuracy {100 * result['test_accuracy']:.2f}%, " if "test_accuracy" in result else ""
     )
+    val = result["best_val_accuracy"]
+    best = f"best val accuracy {100 * val:.2f}% " if val is not None else "no validation, kept "
     print(
-        f"{test}best val accuracy {100 * result['best_val_accuracy']:.2f}% "
-        f"(epoch {result['best_epoch']}/{result['epochs_run']}"
+        f"{test}{best}(epoch {result['best_epoch']}/{result['epochs_run']}"
         f"{', early stop' if result['status'] == 'early_stopped' else ''}) in {elapsed}; "
         f"checkpoint {result['checkpoint']}, plots {result.get('plot')}",
         flush=True,
