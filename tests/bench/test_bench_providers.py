@@ -1,0 +1,130 @@
+"""Providers and the runner: every competitor computes nn.LSTM's results or gets no time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from fastlstm.bench import runner
+from fastlstm.bench.providers import (
+    PROVIDERS,
+    build_case,
+    default_providers,
+    make_problem,
+    provider_unavailable_reason,
+    python_loop_lstm,
+)
+from fastlstm.bench.runner import RunConfig, run_benchmarks
+from fastlstm.bench.shapes import Shape, parse_shape
+
+SHAPES = [
+    pytest.param(parse_shape("T7-B3-I5-H6"), id="T7-B3-I5-H6"),
+    pytest.param(parse_shape("T9-B4-I3-H5-var2"), id="T9-B4-I3-H5-var2"),
+    pytest.param(parse_shape("T8-B3-I4-H5-L2-bidir-var1"), id="T8-B3-I4-H5-L2-bidir-var1"),
+]
+FAST = RunConfig(warmup=0, repeats=1, min_repeats=1, budget_s=None, memory=False)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_python_loop_matches_nn_lstm(shape: Shape):
+    problem = make_problem(shape, torch.device("cpu"), torch.float64)
+    ref, x, lengths = problem.reference, problem.x, problem.lengths
+    out, h_n, c_n = python_loop_lstm(
+        x, ref._flat_weights, shape.layers, shape.bidirectional, lengths
+    )
+    if lengths is None:
+        want, (want_h, want_c) = ref(x)
+    else:
+        packed, (want_h, want_c) = ref(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        want = pad_packed_sequence(packed, total_length=shape.T)[0]
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(h_n, want_h)
+    torch.testing.assert_close(c_n, want_c)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_cpu_provider_passes_its_check(shape: Shape):
+    rows = run_benchmarks(
+        [shape],
+        default_providers(torch.device("cpu")),
+        "cpu",
+        torch.float32,
+        config=FAST,
+        progress=False,
+    )
+    statuses = {r["provider"]: r["status"] for r in rows}
+    expected_na = set() if shape.variable else {"fastlstm-packed", "nn.LSTM-packed"}
+    assert {p for p, s in statuses.items() if s == "not applicable"} == expected_na
+    assert all(s == "ok" for p, s in statuses.items() if p not in expected_na), statuses
+    baseline = "nn.LSTM-packed" if shape.variable else "nn.LSTM-padded"
+    for r in rows:
+        if r["provider"] == baseline:
+            assert r["speedup"] == pytest.approx(1.0)
+        if r["status"] == "ok":
+            assert r["median_ms"] > 0 and r["speedup"] > 0
+    ran = {r["provider"]: r["backend"] for r in rows if r["status"] == "ok"}
+    assert ran["fastlstm-reference"] == "reference" and ran["fastlstm-aten"] == "aten"
+
+
+def test_a_wrong_provider_gets_no_time_and_no_speedup(monkeypatch):
+    def broken_build(name, problem):
+        case = build_case(name, problem)
+        if name == "fastlstm-reference":
+            with torch.no_grad():
+                case.module.weight_hh_l0.add_(0.05)
+        return case
+
+    monkeypatch.setattr(runner, "build_case", broken_build)
+    rows = run_benchmarks(
+        [parse_shape("T6-B2-I3-H4")],
+        ["fastlstm-reference", "nn.LSTM-padded"],
+        config=FAST,
+        progress=False,
+    )
+    bad = [r for r in rows if r["provider"] == "fastlstm-reference"]
+    assert [r["status"] for r in bad] == ["check failed", "check failed"]
+    assert all(r["median_ms"] is None and r["speedup"] is None for r in bad)
+    assert "differs from nn.LSTM" in bad[0]["detail"]
+
+
+def test_memory_is_measured_on_fwd_bwd_rows_only():
+    config = RunConfig(warmup=0, repeats=1, min_repeats=1, budget_s=None, memory=True)
+    rows = run_benchmarks(
+        [parse_shape("T5-B2-I3-H4")], ["nn.LSTM-padded"], config=config, progress=False
+    )
+    mem = {r["mode"]: r["peak_mem_bytes"] for r in rows}
+    assert mem["fwd"] is None and mem["fwd+bwd"] > 0
+
+
+def test_triton_only_by_default_on_cuda(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cpu = torch.device("cpu")
+    assert "fastlstm-triton" not in default_providers(cpu)
+    assert "needs CUDA" in provider_unavailable_reason("fastlstm-triton", cpu)
+    assert set(default_providers(cpu)) == set(PROVIDERS) - {"fastlstm-triton"}
+
+
+def test_packed_providers_refuse_fixed_shapes():
+    problem = make_problem(parse_shape("T4-B2-I3-H4"), torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="needs a variable-length shape"):
+        build_case("nn.LSTM-packed", problem)
+    with pytest.raises(ValueError, match="unknown provider"):
+        provider_unavailable_reason("cudnn", torch.device("cpu"))
+
+
+def test_unknown_mode_and_dtype_raise():
+    shape = [parse_shape("T4-B2-I3-H4")]
+    with pytest.raises(ValueError, match="unknown mode 'bwd'"):
+        run_benchmarks(shape, ["nn.LSTM-padded"], modes=["bwd"], progress=False)
+    with pytest.raises(ValueError, match="is not benchmarked"):
+        run_benchmarks(shape, ["nn.LSTM-padded"], dtype=torch.int32, progress=False)
+
+
+def test_cases_share_weights_with_the_reference():
+    problem = make_problem(parse_shape("T4-B2-I3-H4-bidir"), torch.device("cpu"), torch.float32)
+    case = build_case("fastlstm-auto", problem)
+    for a, b in zip(case.module.parameters(), problem.reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert isinstance(problem.reference, nn.LSTM)

@@ -1,0 +1,90 @@
+"""Table, headline ratios, JSON, CSV and chart from benchmark rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from fastlstm.bench.report import (
+    CSV_FIELDS,
+    format_headline,
+    format_table,
+    headline_ratios,
+    load_json,
+    plot_speedup,
+    write_csv,
+    write_json,
+)
+from fastlstm.bench.runner import _row
+from fastlstm.bench.shapes import parse_shape
+
+FIXED = parse_shape("T5-B2-I3-H4")
+VAR = parse_shape("T5-B2-I3-H4-var2")
+
+
+def _rows():
+    def ok(shape, provider, mode, ms, speedup, backend=None):
+        return _row(
+            shape,
+            provider,
+            mode,
+            median_ms=ms,
+            speedup=speedup,
+            backend=backend,
+            peak_mem_bytes=3 * 2**20 if mode == "fwd+bwd" else None,
+        )
+
+    return [
+        ok(FIXED, "fastlstm-auto", "fwd", 1.0, 2.0, "aten"),
+        ok(FIXED, "fastlstm-auto", "fwd+bwd", 2.0, 2.0, "aten"),
+        ok(FIXED, "nn.LSTM-padded", "fwd", 2.0, 1.0),
+        ok(FIXED, "nn.LSTM-padded", "fwd+bwd", 4.0, 1.0),
+        ok(FIXED, "fastlstm-reference", "fwd", 4.0, 0.5, "reference"),
+        ok(FIXED, "fastlstm-reference", "fwd+bwd", 8.0, 0.5, "reference"),
+        ok(FIXED, "python-loop", "fwd", 8.0, 0.25),
+        ok(FIXED, "python-loop", "fwd+bwd", 24.0, 1 / 6),
+        ok(VAR, "fastlstm-packed", "fwd+bwd", 1.0, 5.0, "aten"),
+        ok(VAR, "nn.LSTM-packed", "fwd+bwd", 5.0, 1.0),
+        _row(VAR, "fastlstm-reference", "fwd+bwd", status="check failed", detail="output differs"),
+    ]
+
+
+def test_table_lists_times_speedups_memory_and_failures():
+    table = format_table(_rows())
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["shape", "provider", "backend", "fwd"]
+    auto = next(line for line in lines if "fastlstm-auto" in line)
+    assert "2.00x" in auto and "3.0" in auto and "aten" in auto
+    assert "baseline" in next(line for line in lines if "nn.LSTM-padded" in line)
+    failed = next(line for line in lines if VAR.id in line and "fastlstm-reference" in line)
+    assert "check failed: output differs" in failed and "x" not in failed.split()[3:5]
+
+
+def test_headline_ratios_are_the_issue_comparisons():
+    found = headline_ratios(_rows())
+    ratios = {(r["comparison"], r["shape"], r["mode"]): r["ratio"] for r in found}
+    assert ratios[("auto vs nn.LSTM (padded)", FIXED.id, "fwd")] == 2.0
+    assert ratios[("reference vs python loop", FIXED.id, "fwd+bwd")] == 3.0
+    assert ratios[("fastlstm vs nn.LSTM, same PackedSequence", VAR.id, "fwd+bwd")] == 5.0
+    assert not any(k[1] == VAR.id and k[0].startswith("reference") for k in ratios)
+    assert "3.00x" in format_headline(headline_ratios(_rows()))
+    assert format_headline([]) == ""
+
+
+def test_json_and_csv_round_trip(tmp_path):
+    env = {"date_utc": "2026-11-28T00:00:00Z", "machine": "cpu-x-2c", "device": "cpu"}
+    path = write_json(tmp_path / "r" / "results.json", env, {"shapes": [FIXED.id]}, _rows())
+    data = load_json(path)
+    assert data["environment"] == env and len(data["rows"]) == len(_rows())
+    assert data["headline"] and json.dumps(data)
+    csv_path = write_csv(tmp_path / "results.csv", _rows(), env)
+    with csv_path.open() as fh:
+        records = list(csv.DictReader(fh))
+    assert len(records) == len(_rows())
+    assert set(CSV_FIELDS) <= set(records[0])
+    assert records[0]["machine"] == "cpu-x-2c" and records[0]["speedup"] == "2"
+
+
+def test_chart_is_a_png(tmp_path):
+    path = plot_speedup(tmp_path / "chart.png", _rows(), {"hardware": "test", "device": "cpu"})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
