@@ -22,7 +22,8 @@ DTYPES = {
 DESCRIPTION = """\
 Check each implementation against torch.nn.LSTM on the benchmark input, then time it forward
 and forward+backward side by side, with peak memory. Prints a table of times and speedups
-over nn.LSTM and writes results.json, results.csv and speedup.png into --out.
+over nn.LSTM and writes results.json, results.csv, results.md and speedup.png into
+--out.
 
 The default is a quick grid (about a minute on a 2-core CPU, no GPU or data needed).
 Shapes are written T<len>-B<batch>-I<input>-H<hidden>[-L<layers>][-bidir][-var<min len>];
@@ -148,8 +149,10 @@ def run(args: argparse.Namespace) -> int:
     from fastlstm.bench.env import environment
     from fastlstm.bench.report import (
         format_headline,
+        format_markdown,
         format_table,
         headline_ratios,
+        load_json,
         plot_speedup,
         write_csv,
         write_json,
@@ -230,8 +233,10 @@ def run(args: argparse.Namespace) -> int:
     }
     json_path = write_json(args.out / "results.json", env, run_config, rows)
     csv_path = write_csv(args.out / "results.csv", rows, env)
+    md_path = args.out / "results.md"
+    md_path.write_text(format_markdown(load_json(json_path)))
     chart_path = plot_speedup(args.chart or args.out / "speedup.png", rows, env)
-    print(f"\nwrote {json_path}, {csv_path} and {chart_path} ({elapsed:.0f} s)")
+    print(f"\nwrote {json_path}, {csv_path}, {md_path} and {chart_path} ({elapsed:.0f} s)")
     if failed:
         names = sorted({f"{r['provider']} on {r['shape']}" for r in failed})
         print(f"no speedup reported for {len(names)} failing case(s): {'; '.join(names)}")

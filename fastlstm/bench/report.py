@@ -12,6 +12,7 @@ from fastlstm.bench.providers import BASELINE_VARIABLE
 __all__ = [
     "CSV_FIELDS",
     "format_headline",
+    "format_markdown",
     "format_table",
     "headline_ratios",
     "load_json",
@@ -73,26 +74,24 @@ def _index(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict]:
     return {(r["shape"], r["provider"], r["mode"]): r for r in rows}
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """One line per (shape, provider): times, speedups over nn.LSTM, peak memory, status."""
+_TABLE_HEADER = (
+    "shape",
+    "provider",
+    "backend",
+    "fwd ms",
+    "fwd x",
+    "fwd+bwd ms",
+    "fwd+bwd x",
+    "peak MB",
+    "note",
+)
+
+
+def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
+    """One tuple of formatted cells per (shape, provider), in the rows' order."""
     by_key = _index(rows)
-    header = (
-        "shape",
-        "provider",
-        "backend",
-        "fwd ms",
-        "fwd x",
-        "fwd+bwd ms",
-        "fwd+bwd x",
-        "peak MB",
-        "note",
-    )
     lines: list[tuple[str, ...]] = []
-    seen: list[tuple[str, str]] = []
-    for r in rows:
-        key = (r["shape"], r["provider"])
-        if key not in seen:
-            seen.append(key)
+    seen = list(dict.fromkeys((r["shape"], r["provider"]) for r in rows))
     for shape, provider in seen:
         fwd = by_key.get((shape, provider, "fwd"), {})
         both = by_key.get((shape, provider, "fwd+bwd"), {})
@@ -118,6 +117,13 @@ def format_table(rows: Sequence[dict]) -> str:
                 note,
             )
         )
+    return lines
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """One line per (shape, provider): times, speedups over nn.LSTM, peak memory, status."""
+    header = _TABLE_HEADER
+    lines = _table_cells(rows)
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     numeric = {3, 4, 5, 6, 7}
 
@@ -178,6 +184,35 @@ def format_headline(ratios: Sequence[dict]) -> str:
         for r in ratios
     ]
     return "\n".join(lines)
+
+
+def format_markdown(results: dict) -> str:
+    """A results file (as :func:`write_json` writes it) as Markdown: where, how, and the figures.
+
+    Written next to the JSON as ``results.md``, so the docs can include the figures verbatim
+    (and a test can check that they still match the file).
+    """
+    env, config, rows = results["environment"], results["config"], results["rows"]
+    lines = [
+        f"Measured {env['date_utc']} on {env['hardware']} ({env['device']}, "
+        f"{env.get('cpu_count')} cores, {env['torch_threads']} torch thread(s)), {env['dtype']}, "
+        f"torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+        f"fastlstm {env.get('fastlstm')} ({env.get('git_commit')}).",
+        f"Command: `{config.get('command')}`; medians of up to {config.get('repeats')} "
+        f"interleaved calls after {config.get('warmup')} warmup.",
+        "",
+        "| shape | provider | backend | fwd ms | fwd × | fwd+bwd ms | fwd+bwd × | peak MB | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _table_cells(rows)]
+    ratios = headline_ratios(rows)
+    if ratios:
+        lines += ["", "| comparison | shape | mode | ratio |", "|---|---|---|---:|"]
+        lines += [
+            f"| {r['comparison']} | {r['shape']} | {r['mode']} | {r['ratio']:.2f}× |"
+            for r in ratios
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def write_json(path: Path, environment: dict, config: dict, rows: Sequence[dict]) -> Path:

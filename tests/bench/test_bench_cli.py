@@ -56,6 +56,8 @@ def test_bench_end_to_end_writes_json_csv_png(tmp_path):
     assert {r["status"] for r in rows} <= {"ok", "not applicable"}
     assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (out / "results.md").read_text()
+    assert config["command"] in markdown and "| nn.LSTM-packed |" in markdown
 
 
 def test_bench_list_names_grids_shapes_providers(capsys):

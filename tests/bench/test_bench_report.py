@@ -8,6 +8,7 @@ import json
 from fastlstm.bench.report import (
     CSV_FIELDS,
     format_headline,
+    format_markdown,
     format_table,
     headline_ratios,
     load_json,
@@ -88,3 +89,13 @@ def test_json_and_csv_round_trip(tmp_path):
 def test_chart_is_a_png(tmp_path):
     path = plot_speedup(tmp_path / "chart.png", _rows(), {"hardware": "test", "device": "cpu"})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_names_machine_command_and_figures(tmp_path):
+    env = {"date_utc": "2026-11-28T00:00:00Z", "hardware": "AMD EPYC", "device": "cpu",
+           "cpu_count": 2, "torch_threads": 1, "dtype": "float32", "torch": "2.13.0"}  # fmt: skip
+    config = {"command": "fastlstm bench --shapes quick", "repeats": 10, "warmup": 1}
+    text = format_markdown(load_json(write_json(tmp_path / "r.json", env, config, _rows())))
+    assert "AMD EPYC" in text and "`fastlstm bench --shapes quick`" in text
+    assert f"| {FIXED.id} | fastlstm-auto | aten | 1 | 2.00x | 2 | 2.00x | 3.0 |  |" in text
+    assert "| reference vs python loop | T5-B2-I3-H4 | fwd+bwd | 3.00× |" in text
