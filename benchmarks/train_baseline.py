@@ -183,6 +183,9 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="write a bar chart of seconds per epoch here (PNG)"
+    )
     args = parser.parse_args()
     if not args.data:
         parser.error("pass --data PATH or set FASTLSTM_IMDB_PATH")
@@ -222,6 +225,37 @@ def main() -> None:
                 )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_epoch_times(report, args.plot)
+
+
+def plot_epoch_times(report: dict, path: Path) -> None:
+    """Horizontal bars: mean training seconds per epoch of each pipeline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, seconds = [], []
+    for key, rows in report.items():
+        if key == "baseline" or key.startswith("fastlstm_"):
+            label = (
+                "exercise pipeline\n(random batches, packed nn.LSTM)"
+                if key == "baseline"
+                else f"fastlstm, backend {key.removeprefix('fastlstm_')}\n(bucketed, lengths=)"
+            )
+            names.append(label)
+            seconds.append(sum(r["train_seconds"] for r in rows) / len(rows))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(names)))
+    bars = ax.barh(names, seconds, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+    ax.bar_label(bars, [f"{s:.0f} s" for s in seconds], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("training seconds per IMDB epoch, exercise-size model")
+    ax.set_title(f"{report['threads']} thread(s), {report['cpus']} CPUs, torch {report['torch']}")
+    ax.set_xlim(0, max(seconds) * 1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
