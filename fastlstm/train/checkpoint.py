@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from fastlstm.data.text import Vocab
@@ -55,7 +55,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+    # Serialised in memory and written with the user's umask (save_file makes files 0600).
+    tmp.write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
     os.replace(tmp, path)
 
 
