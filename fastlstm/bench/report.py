@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastlstm.bench.providers import BASELINE_VARIABLE
+from fastlstm.bench.providers import BASELINE_VARIABLE, PROVIDERS
 
 __all__ = [
     "CSV_FIELDS",
@@ -269,17 +269,23 @@ def plot_speedup(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    providers = list(
-        dict.fromkeys(r["provider"] for r in rows if r["status"] == "ok" and r["speedup"])
-    )
+    timed = {r["provider"] for r in rows if r["status"] == "ok" and r["speedup"]}
+    # Canonical order, so a provider keeps its colour from one chart to the next.
+    providers = [p for p in PROVIDERS if p in timed] + sorted(timed - set(PROVIDERS))
     by_key = _index(rows)
+    fig_width = min(16.0, max(7.0, 1.1 * len(shapes) + 3))
+    legend_cols = max(1, min(len(providers), int(fig_width / 1.9)))
     fig, axes = plt.subplots(
-        len(modes), 1, figsize=(max(7.0, 1.6 * len(shapes) + 3), 3.6 * len(modes)), squeeze=False
+        len(modes),
+        1,
+        figsize=(fig_width, 3.4 * len(modes)),
+        squeeze=False,
     )
     width = 0.8 / max(1, len(providers))
     cmap = plt.get_cmap("tab10")
@@ -294,11 +300,21 @@ def plot_speedup(
             ax.bar(xs, ys, width, label=provider, color=cmap(j % 10))
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(shapes)))
         ax.set_xticklabels(shapes, rotation=15, ha="right", fontsize=8)
         ax.set_ylabel(f"{mode}: speedup vs nn.LSTM")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=min(4, len(providers)), loc="best")
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(),
+        fontsize=7,
+        ncol=legend_cols,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.965),
+        frameon=False,
+    )
     heading = title or (
         f"fastlstm bench: {environment.get('hardware')} ({environment.get('device')}, "
         f"{environment.get('dtype')}), torch {environment.get('torch')}, "
@@ -311,7 +327,8 @@ def plot_speedup(
         "higher is faster; variable-length shapes compare with nn.LSTM on the PackedSequence",
         fontsize=7,
     )
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    legend_rows = -(-len(providers) // legend_cols)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.95 - 0.03 * legend_rows))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
