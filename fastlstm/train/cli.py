@@ -435,6 +435,8 @@ def run_train(args: argparse.Namespace) -> int:
     config.data = str(path)
     corpus = _load_corpus(path, config.cache_dir, config.progress)
     data = build_datasets(config, corpus, vocab)
+    if args.force and not args.resume and int(os.environ.get("RANK", "0")) == 0:
+        _remove_run(out)
     distributed = _init_distributed(config.device)
     try:
         trainer = Trainer(config, data)
@@ -469,6 +471,17 @@ def run_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _remove_run(out: Path) -> None:
+    """Delete the files a previous run left in ``out`` (only those ``train`` writes)."""
+    import shutil
+
+    from fastlstm.train.trainer import RESUME_DIR
+
+    for name in ("model.safetensors", "model.json", "metrics.csv", "metrics.json", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
 
 
 def _load_checkpoint(path: str, backend: str | None, device: str) -> Any:

@@ -275,3 +275,24 @@ def test_ctrl_c_saves_a_resumable_run(tmp_path, archive):
     )
     assert rc == 0, stderr
     assert f"/{state['epoch'] + 1}" in stdout
+
+
+def test_force_replaces_the_previous_run(tmp_path, archive):
+    out = tmp_path / "run"
+    base = [
+        "train",
+        "--data",
+        str(archive),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TRAIN,
+    ]
+    assert main([*base, "--epochs", "2"]) == 0
+    (out / "curves.png").unlink()
+    assert main([*base, "--epochs", "1", "--force", "--no-test"]) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1]
+    assert json.loads((out / "resume" / "state.json").read_text())["epoch"] == 1
+    assert (out / "curves.png").is_file()
