@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="directory for results.json, results.csv, speedup.png (default ./fastlstm-bench)",
     )
     parser.add_argument(
-        "--chart", type=Path, default=None, help="where to draw the chart (default OUT/speedup.png)"
+        "--chart",
+        type=Path,
+        default=None,
+        help="also copy the chart (OUT/speedup.png) to this path, e.g. for the docs",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -235,8 +239,13 @@ def run(args: argparse.Namespace) -> int:
     csv_path = write_csv(args.out / "results.csv", rows, env)
     md_path = args.out / "results.md"
     md_path.write_text(format_markdown(load_json(json_path)))
-    chart_path = plot_speedup(args.chart or args.out / "speedup.png", rows, env)
-    print(f"\nwrote {json_path}, {csv_path}, {md_path} and {chart_path} ({elapsed:.0f} s)")
+    chart_path = plot_speedup(args.out / "speedup.png", rows, env)
+    written = [json_path, csv_path, md_path, chart_path]
+    if args.chart is not None:
+        args.chart.parent.mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copyfile(chart_path, args.chart)))
+    names = ", ".join(str(p) for p in written[:-1])
+    print(f"\nwrote {names} and {written[-1]} ({elapsed:.0f} s)")
     if failed:
         names = sorted({f"{r['provider']} on {r['shape']}" for r in failed})
         print(f"no speedup reported for {len(names)} failing case(s): {'; '.join(names)}")

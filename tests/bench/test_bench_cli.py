@@ -41,6 +41,8 @@ def test_bench_end_to_end_writes_json_csv_png(tmp_path):
         "--no-progress",
         "--out",
         str(out),
+        "--chart",
+        str(tmp_path / "docs" / "chart.png"),
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -56,6 +58,7 @@ def test_bench_end_to_end_writes_json_csv_png(tmp_path):
     assert {r["status"] for r in rows} <= {"ok", "not applicable"}
     assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "docs" / "chart.png").read_bytes() == (out / "speedup.png").read_bytes()
     markdown = (out / "results.md").read_text()
     assert config["command"] in markdown and "| nn.LSTM-packed |" in markdown
 
