@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fastlstm.data.text import TOKENIZER_VERSION, UNK_INDEX, Vocab, tokenize
@@ -278,6 +277,9 @@ def load_corpus(
     src = Path(path)
     if not use_cache:
         return _tokenize_source(src, progress)
+    # Imported here: safetensors comes with the "train" extra, the rest of this module not.
+    from safetensors.torch import load_file, save_file
+
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = hashlib.sha256(f"{_source_key(src)}:tok{TOKENIZER_VERSION}".encode()).hexdigest()[:20]
     tensors_path, meta_path = cache / f"imdb-{key}.safetensors", cache / f"imdb-{key}.json"
