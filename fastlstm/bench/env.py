@@ -25,22 +25,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _git_commit() -> str | None:
-    """The commit of the fastlstm checkout, when it is one (an installed wheel has none)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
+def _git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted edits); None outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    commit = _git(root, "rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    # Uncommitted edits to tracked files mean the commit alone does not describe the code run.
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return f"{commit}+dirty" if dirty else commit
 
 
 def _triton_version() -> str | None:
