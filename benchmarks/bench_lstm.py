@@ -74,7 +74,7 @@ def _problem(shape, device, dtype):
 
 def test_lstm(benchmark, shape, provider, mode, device, dtype):
     assert provider in PROVIDERS
-    why_not = provider_unavailable_reason(provider, device)
+    why_not = provider_unavailable_reason(provider, device, dtype, shape)
     if why_not is not None:
         pytest.skip(why_not)
     problem, expected = _problem(shape, device, dtype)

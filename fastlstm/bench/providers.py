@@ -8,7 +8,6 @@ input batch (built from a seed), so the times compare the implementations and no
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from fastlstm.backends import triton_interpreting
 from fastlstm.bench.shapes import Shape, make_lengths
 
 __all__ = [
@@ -50,13 +50,14 @@ PROVIDERS: dict[str, str] = {
 _VARIABLE_ONLY = ("fastlstm-packed", BASELINE_VARIABLE)
 
 
-def triton_interpreting() -> bool:
-    """True when TRITON_INTERPRET=1 asks for Triton kernels on the CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def provider_unavailable_reason(
+    name: str, device: torch.device, dtype: torch.dtype | None = None, shape: Shape | None = None
+) -> str | None:
+    """None when ``name`` can run on ``device`` (and ``dtype``/``shape``), else why not.
 
-
-def provider_unavailable_reason(name: str, device: torch.device) -> str | None:
-    """None when ``name`` can run on ``device``, else a short reason why not."""
+    For a named fastlstm backend with ``dtype`` and ``shape`` given, fastlstm's own backend
+    selection decides, so the benchmark never disagrees with the module about what can run.
+    """
     if name not in PROVIDERS:
         raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
     if name == "fastlstm-triton":
@@ -66,6 +67,14 @@ def provider_unavailable_reason(name: str, device: torch.device) -> str | None:
             import triton  # noqa: F401
         except ImportError as err:
             return f"triton is not importable ({err})"
+    backend = name.removeprefix("fastlstm-")
+    if backend in ("reference", "aten", "triton") and dtype is not None and shape is not None:
+        from fastlstm.backends import select_backend
+
+        try:
+            select_backend(backend, device, dtype, shape.H)
+        except RuntimeError as err:
+            return str(err)
     return None
 
 

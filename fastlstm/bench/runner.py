@@ -286,7 +286,7 @@ def _prepare(
             _row(shape, provider, m, status="not applicable", detail="needs variable lengths")
             for m in modes
         ]
-    why_not = provider_unavailable_reason(provider, device)
+    why_not = provider_unavailable_reason(provider, device, problem.x.dtype, shape)
     if why_not is not None:
         return [_row(shape, provider, m, status="unavailable", detail=why_not) for m in modes]
     try:

@@ -129,6 +129,8 @@ def measure_interleaved(
     device = torch.device(device)
     _check_counts(warmup, repeats, min_repeats)
     names = list(fns)
+    if not names:
+        return {}
     for _ in range(warmup):
         for name in names:
             fns[name]()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from fastlstm.backends import triton_interpreting
 from fastlstm.bench import runner
 from fastlstm.bench.providers import (
     PROVIDERS,
@@ -128,3 +129,23 @@ def test_cases_share_weights_with_the_reference():
     for a, b in zip(case.module.parameters(), problem.reference.parameters(), strict=True):
         assert torch.equal(a, b)
     assert isinstance(problem.reference, nn.LSTM)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and not triton_interpreting(),
+    reason="needs CUDA or TRITON_INTERPRET=1",
+)
+def test_triton_provider_passes_its_check():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = run_benchmarks([parse_shape("T5-B2-I3-H4-bidir-var2")], ["fastlstm-triton"], device,
+                          config=FAST, progress=False)  # fmt: skip
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {r["backend"] for r in rows} == {"triton"}
+
+
+def test_backend_that_cannot_serve_is_unavailable(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rows = run_benchmarks([parse_shape("T4-B2-I3-H4")], ["fastlstm-triton"], "cpu",
+                          torch.bfloat16, config=FAST, progress=False)  # fmt: skip
+    assert {r["status"] for r in rows} == {"unavailable"}
+    assert "cannot serve" in rows[0]["detail"]
