@@ -62,3 +62,16 @@ def tiles(request, monkeypatch):
         )
         monkeypatch.setattr(lstm, "recurrence_config", lambda *args, **kwargs: tiny)
     return request.param
+
+
+@pytest.fixture
+def tf32_opt_in():
+    """Turn on ``torch.backends.cuda.matmul.allow_tf32`` for one test.
+
+    Set and restored by hand: the flag lives on a module object with a custom
+    ``__setattr__``, which pytest's monkeypatch cannot always undo.
+    """
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old

@@ -23,9 +23,11 @@ def test_recurrence_config_is_deterministic_and_dot_sized(B, H, P, dtype):
     assert cfg.num_warps in (4, 8)
 
 
-def test_fp32_dots_are_exact_unless_tf32_opted_in(monkeypatch):
+def test_fp32_dots_are_exact_by_default():
     assert dot_precision(torch.float32) == "ieee"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+
+
+def test_fp32_dots_use_tf32_when_opted_in(tf32_opt_in):
     assert dot_precision(torch.float32) == "tf32"
 
 

@@ -290,13 +290,14 @@ def test_can_serve_names_the_reason(device):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_tf32_opt_in_stays_close(monkeypatch):
+def test_tf32_opt_in_stays_close(tf32_opt_in):
     """allow_tf32 switches the fp32 dots (kernels and cuBLAS alike) to TF32: still close."""
     device = torch.device("cuda")
     inputs = make_inputs(16, 20, 32, 96, 0, device)
+    torch.backends.cuda.matmul.allow_tf32 = False  # an exact reference; the fixture restores
     expected = reference.run_direction(*inputs.values(), None, False)
     expected = tuple(t.detach() for t in expected)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    torch.backends.cuda.matmul.allow_tf32 = True
     actual = lstm_direction(**inputs)
     for name, a, e in zip(("out", "h_n", "c_n"), actual, expected, strict=True):
         assert_close(a, e, name, atol=2e-2, rtol=2e-2)
