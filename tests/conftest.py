@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,3 +13,15 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def imdb_path() -> Path:
+    """The IMDB archive or folder named by FASTLSTM_IMDB_PATH; skips the test without it."""
+    value = os.environ.get("FASTLSTM_IMDB_PATH")
+    if not value:
+        pytest.skip("FASTLSTM_IMDB_PATH is not set")
+    path = Path(value)
+    if not path.exists():
+        pytest.skip(f"FASTLSTM_IMDB_PATH={value} does not exist")
+    return path
