@@ -43,8 +43,9 @@ def _git_commit() -> str | None:
     commit = _git(root, "rev-parse", "--short", "HEAD")
     if not commit:
         return None
-    # Uncommitted edits to tracked files mean the commit alone does not describe the code run.
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    # Uncommitted edits to the code mean the commit alone does not describe what ran; results
+    # and docs are left out, since a benchmark run rewrites them itself.
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "fastlstm", "kernels")
     return f"{commit}+dirty" if dirty else commit
 
 
