@@ -29,6 +29,12 @@ TRAIN = [
 ]
 
 
+def _train_argv(archive, out, cache, *extra) -> list[str]:
+    """``train`` on the synthetic archive into ``out``, with the small model of ``TRAIN``."""
+    return ["train", "--data", str(archive), "--out", str(out), "--cache-dir", str(cache),
+            *TRAIN, *map(str, extra)]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     return write_synthetic_imdb(
@@ -40,21 +46,7 @@ def archive(tmp_path_factory):
 def run_dir(tmp_path_factory, archive):
     out = tmp_path_factory.mktemp("runs") / "run"
     cache = out.parent / "cache"
-    rc = main(
-        [
-            "train",
-            "--data",
-            str(archive),
-            "--out",
-            str(out),
-            "--cache-dir",
-            str(cache),
-            "--epochs",
-            "6",
-            *TRAIN,
-        ]
-    )
-    assert rc == 0
+    assert main(_train_argv(archive, out, cache, "--epochs", 6)) == 0
     return out
 
 
@@ -73,18 +65,7 @@ def _cli(*args, stdin=None, env=None):
 
 def test_train_evaluate_predict_end_to_end(tmp_path, archive):
     out = tmp_path / "run"
-    rc, stdout, stderr = _cli(
-        "train",
-        "--data",
-        archive,
-        "--out",
-        out,
-        "--cache-dir",
-        tmp_path / "cache",
-        "--epochs",
-        "2",
-        *TRAIN,
-    )
+    rc, stdout, stderr = _cli(*_train_argv(archive, out, tmp_path / "cache", "--epochs", 2))
     assert rc == 0, stderr
     summary = stdout.strip().splitlines()[-1]
     assert "test accuracy" in summary and str(out / "model.safetensors") in summary
@@ -221,17 +202,7 @@ def test_help_explains_every_option(capsys, command):
 
 def test_resume_through_the_cli_finishes_the_run(tmp_path, archive, capsys):
     out = tmp_path / "run"
-    base = [
-        "train",
-        "--data",
-        str(archive),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        *TRAIN,
-    ]
-    assert main([*base, "--epochs", "1"]) == 0
+    assert main(_train_argv(archive, out, tmp_path / "cache", "--epochs", 1)) == 0
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "/2" in summary
@@ -246,16 +217,7 @@ def test_ctrl_c_saves_a_resumable_run(tmp_path, archive):
         sys.executable,
         "-m",
         "fastlstm",
-        "train",
-        "--data",
-        str(archive),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--epochs",
-        "1000",
-        *TRAIN,
+        *_train_argv(archive, out, tmp_path / "cache", "--epochs", 1000),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -279,16 +241,7 @@ def test_ctrl_c_saves_a_resumable_run(tmp_path, archive):
 
 def test_force_replaces_the_previous_run(tmp_path, archive):
     out = tmp_path / "run"
-    base = [
-        "train",
-        "--data",
-        str(archive),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        *TRAIN,
-    ]
+    base = _train_argv(archive, out, tmp_path / "cache")
     assert main([*base, "--epochs", "2"]) == 0
     (out / "curves.png").unlink()
     assert main([*base, "--epochs", "1", "--force", "--no-test"]) == 0
