@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastlstm.sequences import previous_states
+
 from .launch import dot_precision, recurrence_config, unsupported_reason
 
 __all__ = [
@@ -594,24 +596,6 @@ def lstm_recurrence_backward(
     return d_xp, d_h0, d_c0, d_hs
 
 
-def _previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
-    """``h_{t-1}`` at every position ``[T, B, P]``: what each step multiplied by ``W_hh``.
-
-    Padded positions get stale values; their gate gradients are zero, so ``dW_hh`` ignores
-    them.
-    """
-    h0 = h0.to(out.dtype).unsqueeze(0)  # [1, B, P]
-    if not reverse:
-        return torch.cat([h0, out[:-1]], 0)
-    prev = torch.cat([out[1:], torch.zeros_like(h0)], 0)  # [T, B, P]
-    if lengths is None:
-        prev[-1] = h0[0]
-    else:
-        # A reversed sequence starts from h0 at its own last valid position.
-        prev[lengths - 1, torch.arange(out.shape[1], device=out.device)] = h0[0]
-    return prev
-
-
 class LSTMDirectionFunction(torch.autograd.Function):
     """One direction of one layer: input GEMM + forward kernel; backward kernel + GEMMs."""
 
@@ -646,7 +630,7 @@ class LSTMDirectionFunction(torch.autograd.Function):
         if need[1]:
             dw_ih = (d_xp_w.t() @ x.reshape(T * B, -1).to(w_ih.dtype)).to(w_ih.dtype)
         if need[2]:
-            h_prev = _previous_states(out, h0, lengths, ctx.reverse).to(w_hh.dtype)  # [T, B, P]
+            h_prev = previous_states(out, h0, lengths, ctx.reverse).to(w_hh.dtype)  # [T, B, P]
             dw_hh = d_xp_w.t() @ h_prev.reshape(T * B, -1)  # [4H, P]
         if need[3] or need[4]:
             db = d_xp.sum((0, 1))  # [4H] fp32

@@ -23,7 +23,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from fastlstm.backends.reference import reverse_index
+from fastlstm.sequences import reverse_index
 
 __all__ = ["run_direction", "run_stack"]
 

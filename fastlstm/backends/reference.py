@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastlstm.sequences import previous_states, reverse_within_lengths
+
 __all__ = [
     "recurrence_backward",
     "recurrence_forward",
@@ -38,25 +40,6 @@ __all__ = [
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     # State and accumulation in fp32 for half types; float64 stays float64 for gradcheck.
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def reverse_index(lengths: Tensor, T: int) -> Tensor:
-    """Index ``[T, B]`` that reverses each sequence within its length and leaves padding.
-
-    Applying it twice is the identity, so the same index reverses results back.
-    """
-    t = torch.arange(T, device=lengths.device).unsqueeze(1)  # [T, 1]
-    lengths = lengths.unsqueeze(0)  # [1, B]
-    return torch.where(t < lengths, lengths - 1 - t, t)  # [T, B]
-
-
-def reverse_within_lengths(seq: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse ``seq [T, B, ...]`` in time, each sequence within its own length."""
-    if lengths is None:
-        return seq.flip(0)
-    index = reverse_index(lengths, seq.shape[0])  # [T, B]
-    index = index.view(*index.shape, *([1] * (seq.dim() - 2))).expand_as(seq)
-    return seq.gather(0, index)
 
 
 def _step_masks(lengths: Tensor | None, T: int) -> Tensor | None:
@@ -216,24 +199,6 @@ def recurrence_backward(
         if d_hs is not None:
             d_hs = reverse_within_lengths(d_hs, lengths)
     return d_xp, dh, dc, d_hs
-
-
-def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
-    """``h_{t-1}`` for every position ``[T, B, P]``: the state each step multiplied by W_hh.
-
-    Positions past a sequence's end get zeros or stale values; their gate gradients are
-    zero, so they contribute nothing to ``dW_hh``.
-    """
-    h0 = h0.to(out.dtype).unsqueeze(0)  # [1, B, P]
-    if not reverse:
-        return torch.cat([h0, out[:-1]], 0)
-    prev = torch.cat([out[1:], torch.zeros_like(h0)], 0)  # [T, B, P]
-    if lengths is None:
-        prev[-1] = h0[0]
-    else:
-        # The first step of a reversed sequence is its last valid position.
-        prev[lengths - 1, torch.arange(out.shape[1], device=out.device)] = h0[0]
-    return prev
 
 
 def direction_forward(

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from fastlstm.backends import triton_interpreting
 from fastlstm.bench.shapes import Shape, make_lengths
+from fastlstm.sequences import reverse_within_lengths
 
 __all__ = [
     "BASELINE_FIXED",
@@ -281,15 +282,6 @@ def _flatten(result: tuple) -> tuple[Tensor | PackedSequence, Tensor, Tensor]:
     return out, h_n, c_n
 
 
-def _reverse_index(lengths: Tensor | None, T: int, B: int, device: torch.device) -> Tensor:
-    """Index that reverses each sequence within its own length (padding stays in place)."""
-    t = torch.arange(T, device=device).unsqueeze(1).expand(T, B)  # [T, B]
-    if lengths is None:
-        return T - 1 - t
-    lens = lengths.unsqueeze(0)  # [1, B]
-    return torch.where(t < lens, lens - 1 - t, t)
-
-
 def python_loop_lstm(
     x: Tensor,
     flat_weights: list[Tensor],
@@ -321,8 +313,7 @@ def python_loop_lstm(
             w_ih, w_hh, b_ih, b_hh = flat_weights[4 * (layer * D + direction) :][:4]
             seq = layer_in
             if direction == 1:
-                index = _reverse_index(lengths, T, B, x.device)
-                seq = seq.gather(0, index.unsqueeze(-1).expand_as(seq))
+                seq = reverse_within_lengths(seq, lengths)
             h = x.new_zeros(B, H)
             c = x.new_zeros(B, H)
             steps = []
@@ -340,7 +331,7 @@ def python_loop_lstm(
                     steps.append(h_new)
             out = torch.stack(steps)  # [T, B, H]
             if direction == 1:
-                out = out.gather(0, index.unsqueeze(-1).expand_as(out))
+                out = reverse_within_lengths(out, lengths)
             outs.append(out)
             h_ns.append(h)
             c_ns.append(c)
