@@ -30,10 +30,6 @@ def _primitives(backend: str):
     return reference.recurrence_forward, reference.recurrence_backward
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 @torch.library.custom_op("fastlstm::lstm_direction", mutates_args=())
 def lstm_direction_op(
     x: Tensor,
@@ -60,7 +56,7 @@ def lstm_direction_op(
 def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
     T, B, _ = x.shape
     G, P = w_hh.shape
-    acc = _acc_dtype(x.dtype)
+    acc = reference.acc_dtype(x.dtype)
     return (
         x.new_empty(T, B, P),
         h0.new_empty(B, P),

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     # State and accumulation in fp32 for half types; float64 stays float64 for gradcheck.
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -76,7 +76,7 @@ def recurrence_forward(
     """
     T, B, G = xp.shape
     H = G // 4
-    acc = _acc_dtype(xp.dtype)
+    acc = acc_dtype(xp.dtype)
     out_dtype = xp.dtype
     xp = xp.to(acc)
     if reverse:
