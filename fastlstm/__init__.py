@@ -3,6 +3,7 @@
 Swap ``torch.nn.LSTM`` for :class:`fastlstm.LSTM`; everything else stays the same.
 """
 
+from fastlstm import _checkout  # noqa: F401  (first: fastlstm.kernels in a plain checkout)
 from fastlstm.backends import BACKENDS, select_backend
 from fastlstm.functional import lstm
 from fastlstm.module import LSTM

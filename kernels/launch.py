@@ -8,10 +8,11 @@ the ``auto`` backend selection uses to fall back.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from fastlstm.runtime import triton_interpreting as interpreting
 
 __all__ = [
     "MAX_HIDDEN",
@@ -43,11 +44,6 @@ class RecurrenceConfig:
     block_k: int
     num_warps: int
     num_stages: int
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _pow2_tile(n: int, lo: int, hi: int) -> int:

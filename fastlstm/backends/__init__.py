@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
+
+from fastlstm.runtime import triton_interpreting
 
 __all__ = ["BACKENDS", "BackendChoice", "get_backend", "select_backend"]
 
@@ -36,11 +37,6 @@ class BackendChoice:
 
     name: str
     reason: str
-
-
-def triton_interpreting() -> bool:
-    """True when Triton kernels run through the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _triton_unavailable_reason(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from fastlstm.runtime import triton_interpreting
+
 __all__ = ["cpu_model", "environment", "machine_slug"]
 
 
@@ -78,7 +80,7 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict[str, obj
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "fastlstm": __version__,
         "git_commit": _git_commit(),
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+        "triton_interpret": triton_interpreting(),
     }
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
