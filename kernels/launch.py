@@ -20,6 +20,7 @@ __all__ = [
     "RecurrenceConfig",
     "dot_precision",
     "interpreting",
+    "launch",
     "recurrence_config",
     "unsupported_reason",
 ]
@@ -44,6 +45,33 @@ class RecurrenceConfig:
     block_k: int
     num_warps: int
     num_stages: int
+
+
+def launch(
+    kernel,
+    grid: tuple[int, ...],
+    *,
+    device: torch.device,
+    num_warps: int,
+    num_stages: int,
+    cooperative: bool = False,
+    **kernel_args,
+) -> None:
+    """Launch ``kernel[grid]`` with keyword arguments: the one door every kernel launch uses.
+
+    ``cooperative`` asks the driver to guarantee that all programs are resident at once
+    (``launch_cooperative_grid``, Triton >= 3.3), which a grid barrier inside the kernel
+    needs; the interpreter runs programs one after another and ignores it. Tools that
+    inspect launches (``benchmarks/kernel_resources.py``) wrap this function.
+    """
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if cooperative:
+        options["launch_cooperative_grid"] = True
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](**kernel_args, **options)
+    else:
+        kernel[grid](**kernel_args, **options)
 
 
 def _pow2_tile(n: int, lo: int, hi: int) -> int:
