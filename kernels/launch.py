@@ -8,7 +8,8 @@ the ``auto`` backend selection uses to fall back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ from fastlstm.runtime import triton_interpreting as interpreting
 __all__ = [
     "MAX_HIDDEN",
     "SUPPORTED_DTYPES",
+    "KernelBuild",
     "RecurrenceConfig",
     "dot_precision",
     "interpreting",
@@ -45,6 +47,39 @@ class RecurrenceConfig:
     block_k: int
     num_warps: int
     num_stages: int
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """One kernel at one launch setting, for compiling ahead of time without a GPU.
+
+    Each kernel family exposes the builds its launchers can pick (``resource_cases()``);
+    ``benchmarks/kernel_resources.py`` compiles them for sm_90 and reports registers, shared
+    memory and spills, one line per build.
+
+    Attributes:
+        name: the report's ``kernel=`` field, e.g. ``"lstm_fwd"``.
+        kernel: the ``@triton.jit`` function (a ``@triton.heuristics`` wrapper is unwrapped
+            by the compiler helper, so give the heuristics' outputs in ``constexprs``).
+        signature: Triton type of every runtime argument: ``"*fp32"``, ``"*bf16"``,
+            ``"*fp16"``, ``"*i64"``, ``"i32"``, ``"i64"``.
+        constexprs: value of every other argument: the ``tl.constexpr`` parameters and the
+            pointers passed as ``None``.
+        num_warps, num_stages: the launch options the launcher uses.
+        dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (weights/inputs) for the report.
+        hidden: ``H`` for the report.
+        fields: further ``key=value`` report fields (``B``, ``lengths``, ``proj``, ``design``).
+    """
+
+    name: str
+    kernel: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+    num_warps: int
+    num_stages: int
+    dtype: str
+    hidden: int
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def launch(
