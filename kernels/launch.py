@@ -131,13 +131,16 @@ def recurrence_config(batch: int, hidden: int, proj: int, dtype: torch.dtype) ->
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: exact fp32 ("ieee") unless TF32 is opted in.
+    """``tl.dot`` input precision: TF32 for fp32 unless ``torch.backends.cudnn.allow_tf32``
+    is False, then exact fp32 ("ieee").
 
-    Follows ``torch.backends.cuda.matmul.allow_tf32`` (False by default), the same switch
-    that lets cuBLAS and cuDNN use TF32, so parity with ``nn.LSTM`` holds by default.
-    Half-precision operands always use the tensor cores ("tf32" is then ignored by Triton).
+    ``nn.LSTM`` on CUDA runs fp32 through cuDNN, which uses TF32 unless that switch is off
+    (it is on by default), so the drop-in follows the same switch: the same precision and
+    speed trade as what it replaces. Read at every launch, so flipping it takes effect at
+    the next call. Half-precision operands always use the tensor cores in their own type
+    ("tf32" is then ignored by Triton).
     """
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         return "ieee"
     return "tf32"
 

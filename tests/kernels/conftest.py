@@ -64,14 +64,31 @@ def tiles(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def tf32_opt_in():
-    """Turn on ``torch.backends.cuda.matmul.allow_tf32`` for one test.
+def _set_tf32(on: bool) -> tuple[bool, bool]:
+    """Set both TF32 switches; return the old values.
 
-    Set and restored by hand: the flag lives on a module object with a custom
-    ``__setattr__``, which pytest's monkeypatch cannot always undo.
+    ``torch.backends.cudnn.allow_tf32`` is the one the kernels follow (as cuDNN's
+    ``nn.LSTM`` does); ``torch.backends.cuda.matmul.allow_tf32`` governs the input GEMMs
+    and the reference's matmuls on CUDA, so a comparison sets both the same way. Set and
+    restored by hand: the flags live on module objects with a custom ``__setattr__``,
+    which pytest's monkeypatch cannot always undo.
     """
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = on
+    return old
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """Every kernel test compares fp32 like with like: TF32 off (``"ieee"`` dots) on both
+    sides, unless the test asks for :func:`tf32`, which runs after this fixture."""
+    old = _set_tf32(False)
     yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture
+def tf32(exact_fp32):
+    """TF32 on (PyTorch's default for cuDNN): fp32 dots in the kernels and cuDNN use TF32."""
+    _set_tf32(True)
+    yield

@@ -23,12 +23,25 @@ def test_recurrence_config_is_deterministic_and_dot_sized(B, H, P, dtype):
     assert cfg.num_warps in (4, 8)
 
 
-def test_fp32_dots_are_exact_by_default():
+def test_fp32_dots_are_exact_when_cudnn_tf32_is_off():
+    # exact_fp32 (autouse) turned both switches off; the matmul switch alone changes nothing.
+    assert dot_precision(torch.float32) == "ieee"
+    torch.backends.cuda.matmul.allow_tf32 = True  # restored by exact_fp32
     assert dot_precision(torch.float32) == "ieee"
 
 
-def test_fp32_dots_use_tf32_when_opted_in(tf32_opt_in):
+def test_fp32_dots_use_tf32_when_cudnn_tf32_is_on(tf32):
+    # nn.LSTM's switch (cuDNN's, True by default), not the matmul one.
     assert dot_precision(torch.float32) == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = False  # restored by exact_fp32
+    assert dot_precision(torch.float32) == "tf32"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("tf32_on", [False, True], ids=["tf32-off", "tf32-on"])
+def test_half_dots_ignore_the_switch(dtype, tf32_on):
+    torch.backends.cudnn.allow_tf32 = tf32_on  # restored by exact_fp32
+    assert dot_precision(dtype) == "tf32"
 
 
 @pytest.mark.parametrize(
