@@ -1,7 +1,10 @@
 """fastlstm against torch.nn.LSTM and a Python loop, forward and forward+backward.
 
 Run ``pytest benchmarks/ --benchmark-only`` (options: ``--bench-shapes quick``,
-``--bench-device cuda``, ``--bench-dtype bfloat16``, ``--bench-providers ...``). Each
+``--bench-device cuda``, ``--bench-dtype bfloat16`` (or ``tf32``), ``--bench-providers ...``).
+A thin entry point: problems, providers, checks and the environment record all come from
+``fastlstm.bench`` (the harness ``fastlstm bench`` runs); only the timer is pytest-benchmark's.
+Each
 benchmark group is one shape and mode, so pytest-benchmark's table lists the providers
 side by side. Every provider is first checked against nn.LSTM on the benchmark input and
 fails instead of being timed when its results differ. Hardware, dtype, shape, versions,
@@ -24,13 +27,9 @@ from fastlstm.bench.providers import (
     make_problem,
     provider_unavailable_reason,
 )
-from fastlstm.bench.runner import TOLERANCES, _results, check_case
+from fastlstm.bench.runner import MODES, PRECISIONS, Precision, check_case, collect_results
 from fastlstm.bench.shapes import parse_shapes
 from fastlstm.bench.timing import MEMORY_METHODS, peak_memory
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}  # fmt: skip
-MODES = ("fwd", "fwd+bwd")
 
 _problems: dict = {}
 
@@ -58,8 +57,13 @@ def device(pytestconfig) -> torch.device:
 
 
 @pytest.fixture(scope="session")
-def dtype(pytestconfig) -> torch.dtype:
-    return DTYPES[pytestconfig.getoption("--bench-dtype")]
+def precision(pytestconfig) -> Precision:
+    """The --bench-dtype precision, with its TF32 switches set for the session (float32)."""
+    chosen = PRECISIONS[pytestconfig.getoption("--bench-dtype")]
+    if chosen.tf32 is not None:
+        torch.backends.cudnn.allow_tf32 = chosen.tf32
+        torch.backends.cuda.matmul.allow_tf32 = chosen.tf32
+    return chosen
 
 
 def _problem(shape, device, dtype):
@@ -68,12 +72,13 @@ def _problem(shape, device, dtype):
     if key not in _problems:
         _problems.clear()  # keep one shape's tensors alive at a time
         problem = make_problem(shape, device, dtype)
-        _problems[key] = (problem, _results(build_case(baseline_for(shape), problem)))
+        _problems[key] = (problem, collect_results(build_case(baseline_for(shape), problem)))
     return _problems[key]
 
 
-def test_lstm(benchmark, shape, provider, mode, device, dtype):
+def test_lstm(benchmark, shape, provider, mode, device, precision):
     assert provider in PROVIDERS
+    dtype = precision.dtype
     why_not = provider_unavailable_reason(provider, device, dtype, shape)
     if why_not is not None:
         pytest.skip(why_not)
@@ -81,7 +86,7 @@ def test_lstm(benchmark, shape, provider, mode, device, dtype):
     case = build_case(provider, problem)
     err = None  # nn.LSTM on a padded variable-length batch computes another function
     if not (provider == "nn.LSTM-padded" and shape.variable):
-        ok, err, detail = check_case(case, expected, TOLERANCES[dtype])
+        ok, err, detail = check_case(case, expected, precision.tolerance)
         if not ok:
             pytest.fail(f"{provider} on {shape.id}: {detail}; refusing to time it")
     fn = case.forward if mode == "fwd" else case.forward_backward
@@ -93,7 +98,7 @@ def test_lstm(benchmark, shape, provider, mode, device, dtype):
     else:
         timed = fn
     benchmark.group = f"{shape.id} {mode}"
-    benchmark.extra_info.update(environment(device, dtype))
+    benchmark.extra_info.update(environment(device, precision.name))
     benchmark.extra_info.update(shape.as_dict())
     benchmark.extra_info.update(
         {"provider": provider, "mode": mode, "baseline": baseline_for(shape), "check_rel_err": err}

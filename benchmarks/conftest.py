@@ -23,7 +23,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="device to benchmark on (default: cuda when present, else cpu)",
     )
-    group.addoption("--bench-dtype", default="float32", help="float32 (default), bfloat16, ...")
+    group.addoption(
+        "--bench-dtype",
+        default="float32",
+        help="float32 (default, TF32 off), tf32, bfloat16, float16, float64",
+    )
     group.addoption(
         "--bench-providers", default=None, help="comma-separated providers (default: all)"
     )

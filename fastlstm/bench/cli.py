@@ -13,22 +13,18 @@ import torch
 
 __all__ = ["add_parser", "run"]
 
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
 DESCRIPTION = """\
 Check each implementation against torch.nn.LSTM on the benchmark input, then time it forward
 and forward+backward side by side, with peak memory. Prints a table of times and speedups
 over nn.LSTM and writes results.json, results.csv, results.md and speedup.png into
---out.
+--out (the first three after every shape, so a run cut short keeps what it measured).
 
 The default is a quick grid (about a minute on a 2-core CPU, no GPU or data needed).
 Shapes are written T<len>-B<batch>-I<input>-H<hidden>[-L<layers>][-bidir][-var<min len>];
 var<n> draws lengths uniformly from n..T. Run with --list for the named shapes and grids.
+The GPU check's kernel benchmark is a grid of this command:
+
+  fastlstm bench --shapes gpu --device cuda --dtype float32,tf32,bfloat16,float16
 """
 
 
@@ -54,13 +50,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "targets, small batches, long sequences (slow on a CPU)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default float32")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        metavar="LIST",
+        help="comma-separated precisions: float32 (TF32 off, the default), tf32 (float32 "
+        "with TF32 on for cuDNN, cuBLAS and the Triton kernels), bfloat16, float16, float64",
+    )
     parser.add_argument(
         "--providers",
         default=None,
         metavar="LIST",
         help="comma-separated providers (default: all that run on the device; "
-        "fastlstm-triton only on CUDA)",
+        "fastlstm-triton and its pinned designs only on CUDA)",
     )
     parser.add_argument(
         "--modes", default="fwd,fwd+bwd", metavar="LIST", help="fwd, fwd+bwd or both (default)"
@@ -89,7 +91,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="also copy the chart (OUT/speedup.png) to this path, e.g. for the docs",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (without a terminal it is one plain line per shape)",
+    )
     parser.add_argument(
         "--list", action="store_true", help="list the named shapes, grids and providers and exit"
     )
@@ -129,6 +135,17 @@ def _resolve_device(text: str) -> torch.device:
     return device
 
 
+def _resolve_precisions(text: str) -> list:
+    from fastlstm.bench.runner import resolve_precisions
+    from fastlstm.cli import CLIError
+
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    try:
+        return resolve_precisions(names)
+    except ValueError as err:
+        raise CLIError(f"--dtype: {err}") from None
+
+
 def _resolve_providers(text: str | None, device: torch.device) -> list[str]:
     from fastlstm.bench.providers import PROVIDERS, default_providers, provider_unavailable_reason
     from fastlstm.cli import CLIError
@@ -163,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from fastlstm.bench.runner import MODES, RunConfig, run_benchmarks
     from fastlstm.bench.shapes import parse_shapes
+    from fastlstm.bench.timing import SETTLE_CALLS
     from fastlstm.cli import CLIError
 
     if args.list:
@@ -174,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(f"--shapes: {err}") from None
     device = _resolve_device(args.device)
-    dtype = DTYPES[args.dtype]
+    precisions = _resolve_precisions(args.dtype)
+    dtype_names = ",".join(p.name for p in precisions)
     providers = _resolve_providers(args.providers, device)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
@@ -199,16 +218,50 @@ def run(args: argparse.Namespace) -> int:
         budget_s=args.budget or None,
         memory=not args.no_memory,
     )
-    env = environment(device, dtype)
+    env = environment(device, dtype_names)
     print(
         f"fastlstm bench: {len(shapes)} shape(s) x {len(providers)} provider(s), {', '.join(modes)}"
-        f" on {env['hardware']} ({device}, {args.dtype}, {env['torch_threads']} threads)",
+        f" on {env['hardware']} ({device}, {dtype_names}, {env['torch_threads']} threads)",
         flush=True,
     )
     _warn_if_busy(device)
     start = time.perf_counter()
+    command = _canonical_command(args, spec)
+
+    def run_config() -> dict[str, object]:
+        return {
+            "shapes": [s.id for s in shapes],
+            "dtypes": [p.name for p in precisions],
+            "providers": providers,
+            "modes": modes,
+            "warmup": config.warmup,
+            "settle": SETTLE_CALLS,
+            "repeats": config.repeats,
+            "min_repeats": config.min_repeats,
+            "budget_s": config.budget_s,
+            "memory": config.memory,
+            "memory_method": _memory_method(device),
+            "seed": config.seed,
+            "elapsed_s": round(time.perf_counter() - start, 1),
+            "command": command,
+        }
+
+    def save(rows: list[dict[str, object]]) -> list[Path]:
+        json_path = write_json(args.out / "results.json", env, run_config(), rows)
+        csv_path = write_csv(args.out / "results.csv", rows, env)
+        md_path = args.out / "results.md"
+        md_path.write_text(format_markdown(load_json(json_path)))
+        return [json_path, csv_path, md_path]
+
     rows = run_benchmarks(
-        shapes, providers, device, dtype, modes, config, progress=not args.no_progress
+        shapes,
+        providers,
+        device,
+        precisions,
+        modes,
+        config,
+        progress=not args.no_progress,
+        on_case=save,
     )
     elapsed = time.perf_counter() - start
 
@@ -220,27 +273,8 @@ def run(args: argparse.Namespace) -> int:
         print(headline)
     failed = [r for r in rows if r["status"] in ("check failed", "error")]
 
-    command = _canonical_command(args, spec)
-    run_config = {
-        "shapes": [s.id for s in shapes],
-        "providers": providers,
-        "modes": modes,
-        "warmup": config.warmup,
-        "repeats": config.repeats,
-        "min_repeats": config.min_repeats,
-        "budget_s": config.budget_s,
-        "memory": config.memory,
-        "memory_method": _memory_method(device),
-        "seed": config.seed,
-        "elapsed_s": round(elapsed, 1),
-        "command": command,
-    }
-    json_path = write_json(args.out / "results.json", env, run_config, rows)
-    csv_path = write_csv(args.out / "results.csv", rows, env)
-    md_path = args.out / "results.md"
-    md_path.write_text(format_markdown(load_json(json_path)))
-    chart_path = plot_speedup(args.out / "speedup.png", rows, env)
-    written = [json_path, csv_path, md_path, chart_path]
+    written = [*save(rows), plot_speedup(args.out / "speedup.png", rows, env)]
+    chart_path = written[-1]
     if args.chart is not None:
         args.chart.parent.mkdir(parents=True, exist_ok=True)
         written.append(Path(shutil.copyfile(chart_path, args.chart)))
@@ -273,7 +307,8 @@ def _warn_if_busy(device: torch.device) -> None:
 
 def _canonical_command(args: argparse.Namespace, spec: str) -> str:
     """The command line that reproduces this run's settings (recorded in results.json)."""
-    parts = ["fastlstm", "bench", "--shapes", spec, "--device", args.device, "--dtype", args.dtype]
+    dtypes = ",".join(d.strip() for d in args.dtype.split(",") if d.strip())
+    parts = ["fastlstm", "bench", "--shapes", spec, "--device", args.device, "--dtype", dtypes]
     if args.providers:
         parts += ["--providers", args.providers]
     parts += ["--modes", args.modes, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]

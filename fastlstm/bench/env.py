@@ -59,15 +59,15 @@ def _triton_version() -> str | None:
     return getattr(triton, "__version__", "unknown")
 
 
-def environment(device: torch.device | str, dtype: torch.dtype) -> dict[str, object]:
-    """Everything needed to interpret a result: hardware, versions, threads, date, dtype."""
+def environment(device: torch.device | str, dtype: torch.dtype | str) -> dict[str, object]:
+    """Everything needed to interpret a result: hardware, versions, threads, date, dtype(s)."""
     from fastlstm import __version__
 
     device = torch.device(device)
     record: dict[str, object] = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),  # or the run's comma list of precisions
         "hardware": cpu_model(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),

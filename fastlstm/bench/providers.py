@@ -8,26 +8,33 @@ input batch (built from a seed), so the times compare the implementations and no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from fastlstm.backends import triton_interpreting
+from fastlstm.backends import select_backend
 from fastlstm.bench.shapes import Shape, make_lengths
 from fastlstm.sequences import reverse_within_lengths
 
 __all__ = [
     "BASELINE_FIXED",
     "BASELINE_VARIABLE",
+    "CONTROL",
+    "DESIGN_ENV",
     "PROVIDERS",
+    "TRITON_DESIGNS",
     "Case",
     "Problem",
+    "applies_to",
     "baseline_for",
     "build_case",
     "default_providers",
+    "design_of",
     "make_problem",
     "provider_unavailable_reason",
     "python_loop_lstm",
@@ -35,45 +42,69 @@ __all__ = [
 
 BASELINE_FIXED = "nn.LSTM-padded"
 BASELINE_VARIABLE = "nn.LSTM-packed"
+CONTROL = "nn.LSTM-control"
+
+# The Triton kernel designs, chosen per call through this environment variable (read by
+# fastlstm.kernels at every call); a design that cannot serve a call raises RuntimeError.
+DESIGN_ENV = "FASTLSTM_TRITON_DESIGN"
+TRITON_DESIGNS = ("batch", "persistent", "step")
 
 PROVIDERS: dict[str, str] = {
     "fastlstm-auto": "fastlstm.LSTM(backend='auto'), padded input (+ lengths=)",
     "fastlstm-reference": "fastlstm.LSTM(backend='reference'), padded input (+ lengths=)",
     "fastlstm-aten": "fastlstm.LSTM(backend='aten'), padded input (+ lengths=)",
     "fastlstm-triton": "fastlstm.LSTM(backend='triton'), padded input (+ lengths=)",
+    **{
+        f"fastlstm-triton-{design}": f"fastlstm-triton with {DESIGN_ENV}={design}"
+        for design in TRITON_DESIGNS
+    },
     "fastlstm-packed": "fastlstm.LSTM(backend='auto') on the PackedSequence",
     BASELINE_FIXED: "torch.nn.LSTM on the padded batch (ignores lengths)",
     BASELINE_VARIABLE: "torch.nn.LSTM on the PackedSequence",
+    CONTROL: "a second copy of the shape's baseline: reads 1.00x unless the harness is biased",
     "python-loop": "per-timestep Python loop, autograd through every step",
 }
 
 # Providers that only make sense for variable-length batches.
 _VARIABLE_ONLY = ("fastlstm-packed", BASELINE_VARIABLE)
 
+# The size asked about when no shape is given: can the backend run on the device at all?
+_PROBE_HIDDEN = 64
+
+
+def _backend_of(name: str) -> str | None:
+    """The fastlstm backend a provider names (``fastlstm-triton-step`` -> ``triton``)."""
+    if name == "fastlstm-packed" or not name.startswith("fastlstm-"):
+        return None
+    return name.removeprefix("fastlstm-").split("-")[0]
+
+
+def design_of(name: str) -> str | None:
+    """The Triton design a provider pins (``fastlstm-triton-step`` -> ``step``), else None."""
+    prefix = "fastlstm-triton-"
+    return name.removeprefix(prefix) if name.startswith(prefix) else None
+
 
 def provider_unavailable_reason(
-    name: str, device: torch.device, dtype: torch.dtype | None = None, shape: Shape | None = None
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    shape: Shape | None = None,
 ) -> str | None:
-    """None when ``name`` can run on ``device`` (and ``dtype``/``shape``), else why not.
+    """None when ``name`` can run on ``device`` for ``dtype`` (and ``shape``), else why not.
 
-    For a named fastlstm backend with ``dtype`` and ``shape`` given, fastlstm's own backend
-    selection decides, so the benchmark never disagrees with the module about what can run.
+    For a named fastlstm backend, :func:`fastlstm.select_backend` decides, so the benchmark
+    never disagrees with the module about what can run. Whether a pinned Triton design can
+    serve a shape is only known when it runs (it raises ``RuntimeError``; the runner reports
+    that as unavailable too).
     """
     if name not in PROVIDERS:
         raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
-    if name == "fastlstm-triton":
-        if device.type == "cpu" and not triton_interpreting():
-            return "needs CUDA (or TRITON_INTERPRET=1 on the CPU, which is very slow)"
+    backend = _backend_of(name)
+    if backend is not None and backend != "auto":
+        hidden = shape.H if shape is not None else _PROBE_HIDDEN
         try:
-            import triton  # noqa: F401
-        except ImportError as err:
-            return f"triton is not importable ({err})"
-    backend = name.removeprefix("fastlstm-")
-    if backend in ("reference", "aten", "triton") and dtype is not None and shape is not None:
-        from fastlstm.backends import select_backend
-
-        try:
-            select_backend(backend, device, dtype, shape.H)
+            select_backend(backend, device, dtype, hidden)
         except RuntimeError as err:
             return str(err)
     return None
@@ -81,10 +112,12 @@ def provider_unavailable_reason(
 
 def default_providers(device: torch.device) -> tuple[str, ...]:
     """Every provider that runs on ``device``; Triton only on CUDA (never the interpreter)."""
-    names = [n for n in PROVIDERS if n != "fastlstm-triton"]
-    if device.type == "cuda" and provider_unavailable_reason("fastlstm-triton", device) is None:
-        names.insert(3, "fastlstm-triton")
-    return tuple(names)
+    return tuple(
+        name
+        for name in PROVIDERS
+        if _backend_of(name) != "triton"
+        or (device.type == "cuda" and provider_unavailable_reason(name, device) is None)
+    )
 
 
 def baseline_for(shape: Shape) -> str:
@@ -154,20 +187,38 @@ class Case:
     input_grad: Callable[[], Tensor | None]
     module: nn.Module | None = None
     notes: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # set around every call and backward
+
+    @contextlib.contextmanager
+    def _environment(self) -> Iterator[None]:
+        saved = {key: os.environ.get(key) for key in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def forward(self) -> None:
         """One forward pass without building an autograd graph."""
-        with torch.no_grad():
+        with torch.no_grad(), self._environment():
             self.call()
 
-    def forward_backward(self) -> None:
-        """One forward and backward pass with fixed random cotangents."""
-        for leaf in self.leaves:
-            leaf.grad = None
-        out, h_n, c_n = self.call()
-        out_t = out.data if isinstance(out, PackedSequence) else out
-        g_out = self.grad_out.data if isinstance(self.grad_out, PackedSequence) else self.grad_out
-        torch.autograd.backward([out_t, h_n, c_n], [g_out, self.grad_h, self.grad_c])
+    def forward_backward(self) -> tuple[Tensor | PackedSequence, Tensor, Tensor]:
+        """One forward and backward pass with fixed random cotangents; returns the forward's
+        ``(output, h_n, c_n)``, with the gradients left on :attr:`leaves`."""
+        with self._environment():
+            for leaf in self.leaves:
+                leaf.grad = None
+            out, h_n, c_n = self.call()
+            out_t = out.data if isinstance(out, PackedSequence) else out
+            g_out = self.grad_out
+            g_out = g_out.data if isinstance(g_out, PackedSequence) else g_out
+            torch.autograd.backward([out_t, h_n, c_n], [g_out, self.grad_h, self.grad_c])
+        return out, h_n, c_n
 
     @property
     def backend_ran(self) -> str | None:
@@ -190,6 +241,10 @@ def build_case(name: str, problem: Problem) -> Case:
     shape = problem.shape
     if not applies_to(name, shape):
         raise ValueError(f"provider {name!r} needs a variable-length shape, got {shape.id}")
+    if name == CONTROL:
+        case = build_case(baseline_for(shape), problem)
+        case.provider = CONTROL
+        return case
     lengths = problem.lengths
     device = problem.x.device
 
@@ -242,7 +297,7 @@ def build_case(name: str, problem: Problem) -> Case:
     elif name.startswith("fastlstm-"):
         from fastlstm import LSTM
 
-        backend = name.removeprefix("fastlstm-")
+        backend = _backend_of(name)
         module = _clone_module(
             problem,
             LSTM(
@@ -263,6 +318,7 @@ def build_case(name: str, problem: Problem) -> Case:
     else:
         raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
     leaves = [x, *(module.parameters() if module is not None else weights)]
+    design = design_of(name)
     return Case(
         name,
         call,
@@ -274,6 +330,7 @@ def build_case(name: str, problem: Problem) -> Case:
         lambda: x.grad,
         module,
         notes,
+        env={DESIGN_ENV: design} if design else {},
     )
 
 

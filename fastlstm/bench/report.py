@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastlstm.bench.providers import BASELINE_VARIABLE, PROVIDERS
+from fastlstm.bench.providers import BASELINE_VARIABLE, CONTROL, PROVIDERS
 
 __all__ = [
     "CSV_FIELDS",
@@ -30,6 +30,7 @@ CSV_FIELDS = (
     "layers",
     "bidirectional",
     "min_len",
+    "dtype",
     "provider",
     "mode",
     "status",
@@ -38,6 +39,7 @@ CSV_FIELDS = (
     "q1_ms",
     "q3_ms",
     "min_ms",
+    "us_per_step",
     "repeats",
     "peak_mem_bytes",
     "baseline",
@@ -49,9 +51,14 @@ CSV_FIELDS = (
 # The side-by-side ratios the drop-in issue asks for: (label, provider, versus, which shapes).
 _HEADLINES = (
     ("auto vs nn.LSTM (padded)", "fastlstm-auto", "nn.LSTM-padded", "fixed"),
+    ("triton vs nn.LSTM (padded)", "fastlstm-triton", "nn.LSTM-padded", "fixed"),
+    ("triton+lengths vs nn.LSTM packed", "fastlstm-triton", BASELINE_VARIABLE, "variable"),
     ("auto+lengths vs nn.LSTM packed", "fastlstm-auto", BASELINE_VARIABLE, "variable"),
     ("fastlstm vs nn.LSTM, same PackedSequence", "fastlstm-packed", BASELINE_VARIABLE, "variable"),
     ("reference vs python loop", "fastlstm-reference", "python-loop", "all"),
+    # The harness's own error: the baseline against an identical copy of itself.
+    ("control: nn.LSTM vs itself", CONTROL, "nn.LSTM-padded", "fixed"),
+    ("control: nn.LSTM vs itself", CONTROL, BASELINE_VARIABLE, "variable"),
 )
 
 
@@ -70,31 +77,62 @@ def _fmt_mb(value: object) -> str:
     return "-" if value is None else f"{int(value) / 2**20:.1f}"
 
 
-def _index(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict]:
-    return {(r["shape"], r["provider"], r["mode"]): r for r in rows}
+def _fmt_us(value: object) -> str:
+    if value is None:
+        return "-"
+    v = float(value)
+    return f"{v:.3g}" if v < 1000 else f"{v:.0f}"
+
+
+def _us_per_step(r: dict) -> float | None:
+    """Median time per time step in µs (computed, so older results files get it too)."""
+    if not r or r.get("median_ms") is None:
+        return None
+    return float(r["median_ms"]) * 1e3 / int(r["T"])
+
+
+def _case(r: dict) -> tuple[str, str | None]:
+    """A row's case: its shape and precision (None in files from before precisions)."""
+    return r["shape"], r.get("dtype")
+
+
+def _index(rows: Sequence[dict]) -> dict[tuple[str, str | None, str, str], dict]:
+    return {(*_case(r), r["provider"], r["mode"]): r for r in rows}
 
 
 _TABLE_HEADER = (
     "shape",
+    "dtype",
     "provider",
     "backend",
     "fwd ms",
+    "fwd µs/step",
     "fwd x",
     "fwd+bwd ms",
+    "fwd+bwd µs/step",
     "fwd+bwd x",
     "peak MB",
     "note",
 )
+_NUMERIC = {4, 5, 6, 7, 8, 9, 10}
+
+
+def _several_dtypes(rows: Sequence[dict]) -> bool:
+    return len({r.get("dtype") for r in rows}) > 1
+
+
+def _drop_dtype(cells: Sequence[str]) -> tuple[str, ...]:
+    return (cells[0], *cells[2:])
 
 
 def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
-    """One tuple of formatted cells per (shape, provider), in the rows' order."""
+    """One tuple of formatted cells (as ``_TABLE_HEADER``) per case and provider."""
     by_key = _index(rows)
     lines: list[tuple[str, ...]] = []
-    seen = list(dict.fromkeys((r["shape"], r["provider"]) for r in rows))
-    for shape, provider in seen:
-        fwd = by_key.get((shape, provider, "fwd"), {})
-        both = by_key.get((shape, provider, "fwd+bwd"), {})
+    seen = list(dict.fromkeys((*_case(r), r["provider"]) for r in rows))
+    for shape, dtype, provider in seen:
+        fwd = by_key.get((shape, dtype, provider, "fwd"), {})
+        both = by_key.get((shape, dtype, provider, "fwd+bwd"), {})
         any_row = fwd or both
         if any_row.get("status") == "not applicable":
             continue
@@ -107,11 +145,14 @@ def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
         lines.append(
             (
                 shape,
+                str(dtype or "-"),
                 provider,
                 str(any_row.get("backend") or "-"),
                 _fmt_ms(fwd.get("median_ms")),
+                _fmt_us(_us_per_step(fwd)),
                 _fmt_x(fwd.get("speedup")),
                 _fmt_ms(both.get("median_ms")),
+                _fmt_us(_us_per_step(both)),
                 _fmt_x(both.get("speedup")),
                 _fmt_mb(both.get("peak_mem_bytes")),
                 note,
@@ -120,12 +161,19 @@ def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
     return lines
 
 
+def _table_layout(rows: Sequence[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]], set]:
+    """Header, cell lines and numeric columns; the dtype column only when it varies."""
+    header, lines, numeric = _TABLE_HEADER, _table_cells(rows), _NUMERIC
+    if not _several_dtypes(rows):
+        header, lines = _drop_dtype(header), [_drop_dtype(line) for line in lines]
+        numeric = {i - 1 for i in numeric}
+    return header, lines, numeric
+
+
 def format_table(rows: Sequence[dict]) -> str:
-    """One line per (shape, provider): times, speedups over nn.LSTM, peak memory, status."""
-    header = _TABLE_HEADER
-    lines = _table_cells(rows)
+    """One line per case and provider: times, speedups over nn.LSTM, peak memory, status."""
+    header, lines, numeric = _table_layout(rows)
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    numeric = {3, 4, 5, 6, 7}
 
     def render(cells: Sequence[str]) -> str:
         cols = enumerate(zip(cells, widths, strict=True))
@@ -134,11 +182,11 @@ def format_table(rows: Sequence[dict]) -> str:
 
     out = [render(header), render(["-" * w for w in widths])]
     previous = None
-    for line in lines:
-        if previous is not None and line[0] != previous:
+    for line, cells in zip(lines, _table_cells(rows), strict=True):
+        if previous is not None and cells[:2] != previous:
             out.append("")
         out.append(render(line))
-        previous = line[0]
+        previous = cells[:2]
     return "\n".join(out)
 
 
@@ -148,26 +196,28 @@ def headline_ratios(rows: Sequence[dict]) -> list[dict[str, object]]:
     ``ratio`` = time(versus) / time(provider): above 1 means the provider is faster.
     """
     by_key = _index(rows)
-    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    cases = list(dict.fromkeys(_case(r) for r in rows))
     variable = {r["shape"]: r["min_len"] is not None for r in rows}
     out = []
     for label, provider, versus, which in _HEADLINES:
-        for shape in shapes:
+        for shape, dtype in cases:
             if which != "all" and variable[shape] != (which == "variable"):
                 continue
             for mode in ("fwd", "fwd+bwd"):
-                a = by_key.get((shape, provider, mode))
-                b = by_key.get((shape, versus, mode))
+                a = by_key.get((shape, dtype, provider, mode))
+                b = by_key.get((shape, dtype, versus, mode))
                 if not (a and b and a["status"] == "ok" and b["status"] == "ok"):
                     continue
                 out.append(
                     {
                         "comparison": label,
                         "shape": shape,
+                        "dtype": dtype,
                         "mode": mode,
                         "provider": provider,
                         "versus": versus,
                         "ratio": float(b["median_ms"]) / float(a["median_ms"]),
+                        "us_per_step": _us_per_step(a),
                     }
                 )
     return out
@@ -177,11 +227,13 @@ def format_headline(ratios: Sequence[dict]) -> str:
     """The headline ratios as an aligned text block (empty string when there are none)."""
     if not ratios:
         return ""
+    several = len({r.get("dtype") for r in ratios}) > 1
+    labels = [f"{r['shape']} {r['dtype']}" if several else r["shape"] for r in ratios]
     width_l = max(len(r["comparison"]) for r in ratios)
-    width_s = max(len(r["shape"]) for r in ratios)
+    width_s = max(len(label) for label in labels)
     lines = [
-        f"{r['comparison']:<{width_l}}  {r['shape']:<{width_s}}  {r['mode']:<7}  {r['ratio']:.2f}x"
-        for r in ratios
+        f"{r['comparison']:<{width_l}}  {label:<{width_s}}  {r['mode']:<7}  {r['ratio']:.2f}x"
+        for r, label in zip(ratios, labels, strict=True)
     ]
     return "\n".join(lines)
 
@@ -199,17 +251,29 @@ def format_markdown(results: dict) -> str:
         f"torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
         f"fastlstm {env.get('fastlstm')} ({env.get('git_commit')}).",
         f"Command: `{config.get('command')}`; medians of up to {config.get('repeats')} "
-        f"interleaved calls after {config.get('warmup')} warmup.",
+        f"interleaved calls after {config.get('warmup')} warmup"
+        + ("" if config.get("settle") is None else f", each after {config['settle']} untimed")
+        + ".",
         "",
-        "| shape | provider | backend | fwd ms | fwd × | fwd+bwd ms | fwd+bwd × | peak MB | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in _table_cells(rows)]
+    header, cells, numeric = _table_layout(rows)
+    header = tuple(h.replace(" x", " ×") for h in header)
+    align = ["---:" if i in numeric else "---" for i in range(len(header))]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
     ratios = headline_ratios(rows)
     if ratios:
-        lines += ["", "| comparison | shape | mode | ratio |", "|---|---|---|---:|"]
+        several = _several_dtypes(rows)
+        dtype_head = " dtype |" if several else ""
         lines += [
-            f"| {r['comparison']} | {r['shape']} | {r['mode']} | {r['ratio']:.2f}× |"
+            "",
+            f"| comparison | shape |{dtype_head} mode | ratio | µs/step |",
+            "|---|---|" + ("---|" if several else "") + "---|---:|---:|",
+        ]
+        lines += [
+            f"| {r['comparison']} | {r['shape']} |"
+            + (f" {r['dtype']} |" if several else "")
+            + f" {r['mode']} | {r['ratio']:.2f}× | {_fmt_us(r.get('us_per_step'))} |"
             for r in ratios
         ]
     return "\n".join(lines) + "\n"
@@ -274,7 +338,9 @@ def plot_speedup(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
-    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    cases = list(dict.fromkeys(_case(r) for r in rows))
+    several = _several_dtypes(rows)
+    shapes = [f"{shape} {dtype}" if several else shape for shape, dtype in cases]
     timed = {r["provider"] for r in rows if r["status"] == "ok" and r["speedup"]}
     # Canonical order, so a provider keeps its colour from one chart to the next.
     providers = [p for p in PROVIDERS if p in timed] + sorted(timed - set(PROVIDERS))
@@ -292,8 +358,8 @@ def plot_speedup(
     for ax, mode in zip(axes[:, 0], modes, strict=True):
         for j, provider in enumerate(providers):
             xs, ys = [], []
-            for i, shape in enumerate(shapes):
-                r = by_key.get((shape, provider, mode))
+            for i, (shape, dtype) in enumerate(cases):
+                r = by_key.get((shape, dtype, provider, mode))
                 if r and r["status"] == "ok" and r["speedup"]:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(float(r["speedup"]))

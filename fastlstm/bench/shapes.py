@@ -144,14 +144,28 @@ GRIDS: dict[str, tuple[Shape, ...]] = {
         Shape(T=2048, B=8, I=64, H=64, min_len=256),
     ),
     "packed": tuple(PRESETS[k] for k in PRESETS if k.startswith("packed-")),
+    # The GPU check's kernel benchmark (benchmarks/gpu_check.sh): the Triton kernels against
+    # cuDNN at two hidden sizes, PyTorch's benchmark default, and long variable lengths.
+    "gpu": (
+        Shape(T=256, B=64, I=128, H=128),
+        Shape(T=256, B=64, I=256, H=256),
+        PRESETS["pytorch"],
+        Shape(T=512, B=64, I=256, H=256, min_len=32),
+    ),
+    # The same kinds of shape, tiny, for the GPU check's dry run on Triton's CPU interpreter.
+    "gpu-dry": (
+        Shape(T=8, B=4, I=16, H=16),
+        Shape(T=10, B=4, I=16, H=16, min_len=3),
+    ),
 }
 
 
 def parse_shapes(spec: str) -> tuple[Shape, ...]:
     """Parse a comma-separated list of grid names, preset names and shape texts.
 
-    ``quick``, ``full`` and ``packed`` expand to their grids; ``pytorch``, ``classifier`` etc.
-    to one preset; anything else must be a shape text. Duplicates are dropped, order kept.
+    Grid names (``quick``, ``full``, ``packed``, ``gpu``, ``gpu-dry``) expand to their
+    grids; ``pytorch``, ``classifier`` etc. to one preset; anything else must be a shape
+    text. Duplicates are dropped, order kept.
     """
     shapes: list[Shape] = []
     for item in (s.strip() for s in spec.split(",")):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from fastlstm.backends import triton_interpreting
 from fastlstm.bench import runner
 from fastlstm.bench.providers import (
+    CONTROL,
+    DESIGN_ENV,
     PROVIDERS,
+    TRITON_DESIGNS,
     build_case,
     default_providers,
     make_problem,
@@ -19,6 +23,7 @@ from fastlstm.bench.providers import (
 )
 from fastlstm.bench.runner import RunConfig, run_benchmarks
 from fastlstm.bench.shapes import Shape, parse_shape
+from fastlstm.runtime import triton_interpreting
 
 SHAPES = [
     pytest.param(parse_shape("T7-B3-I5-H6"), id="T7-B3-I5-H6"),
@@ -102,9 +107,14 @@ def test_memory_is_measured_on_fwd_bwd_rows_only():
 def test_triton_only_by_default_on_cuda(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cpu = torch.device("cpu")
-    assert "fastlstm-triton" not in default_providers(cpu)
-    assert "needs CUDA" in provider_unavailable_reason("fastlstm-triton", cpu)
-    assert set(default_providers(cpu)) == set(PROVIDERS) - {"fastlstm-triton"}
+    triton = {p for p in PROVIDERS if p.startswith("fastlstm-triton")}
+    assert triton == {"fastlstm-triton", *(f"fastlstm-triton-{d}" for d in TRITON_DESIGNS)}
+    for name in triton:
+        assert "TRITON_INTERPRET=1 is not set" in provider_unavailable_reason(name, cpu)
+    assert set(default_providers(cpu)) == set(PROVIDERS) - triton
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert provider_unavailable_reason("fastlstm-triton", cpu) is None
+    assert set(default_providers(cpu)) == set(PROVIDERS) - triton  # the interpreter is slow
 
 
 def test_packed_providers_refuse_fixed_shapes():
@@ -149,3 +159,110 @@ def test_backend_that_cannot_serve_is_unavailable(monkeypatch):
                           torch.bfloat16, config=FAST, progress=False)  # fmt: skip
     assert {r["status"] for r in rows} == {"unavailable"}
     assert "cannot serve" in rows[0]["detail"]
+
+
+@pytest.mark.parametrize("text", ["T4-B2-I3-H4", "T5-B3-I3-H4-var2"])
+def test_control_is_an_independent_copy_of_the_baseline(text):
+    shape = parse_shape(text)
+    problem = make_problem(shape, torch.device("cpu"), torch.float64)
+    control = build_case(CONTROL, problem)
+    baseline = build_case(runner.baseline_for(shape), problem)
+    assert control.provider == CONTROL and control.module is not baseline.module
+    assert type(control.module) is type(baseline.module)
+    for a, b in zip(control.module.parameters(), baseline.module.parameters(), strict=True):
+        assert torch.equal(a, b) and a is not b
+    want, got = runner.collect_results(baseline), runner.collect_results(control)
+    torch.testing.assert_close(got.out, want.out, rtol=0, atol=0)
+    torch.testing.assert_close(got.input_grad, want.input_grad, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and not triton_interpreting(),
+    reason="needs CUDA or TRITON_INTERPRET=1",
+)
+def test_design_provider_pins_the_design_around_forward_and_backward(monkeypatch):
+    monkeypatch.delenv(DESIGN_ENV, raising=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problem = make_problem(parse_shape("T4-B2-I3-H4"), device, torch.float32)
+    case = build_case("fastlstm-triton-step", problem)
+    seen = []
+    call = case.call
+
+    def spy():
+        seen.append(("call", os.environ.get(DESIGN_ENV)))
+        out = call()
+        out[0].register_hook(lambda g: seen.append(("backward", os.environ.get(DESIGN_ENV))))
+        return out
+
+    case.call = spy
+    case.forward_backward()
+    assert seen == [("call", "step"), ("backward", "step")]
+    assert DESIGN_ENV not in os.environ
+
+
+def _failing_build(message):
+    def build(name, problem):
+        case = build_case(name, problem)
+        if name != "nn.LSTM-padded":
+
+            def call():
+                raise RuntimeError(message)
+
+            case.call = call
+        return case
+
+    return build
+
+
+def test_a_design_that_cannot_serve_is_unavailable_other_errors_are_errors(monkeypatch):
+    monkeypatch.setattr(runner, "build_case", _failing_build("the step design cannot run this"))
+    monkeypatch.setattr(runner, "provider_unavailable_reason", lambda *args: None)
+    rows = run_benchmarks([parse_shape("T4-B2-I3-H4")],
+                          ["nn.LSTM-padded", "fastlstm-triton-step", "fastlstm-triton"],
+                          config=FAST, progress=False)  # fmt: skip
+    status = {r["provider"]: (r["status"], r["detail"]) for r in rows}
+    assert status["fastlstm-triton-step"] == (
+        "unavailable",
+        "RuntimeError: the step design cannot run this",
+    )
+    assert status["fastlstm-triton"][0] == "error"
+    assert status["nn.LSTM-padded"][0] == "ok"
+
+
+def test_each_precision_sets_the_tf32_switches_and_restores_them(monkeypatch):
+    seen = {}
+
+    def build(name, problem):
+        case = build_case(name, problem)
+        call = case.call
+
+        def spy():
+            flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            seen.setdefault(problem.x.dtype, set()).add(flags)
+            return call()
+
+        case.call = spy
+        return case
+
+    monkeypatch.setattr(runner, "build_case", build)
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    rows = run_benchmarks([parse_shape("T4-B2-I3-H4")], ["nn.LSTM-padded", CONTROL], "cpu",
+                          ["tf32", "float64"], config=FAST, progress=False)  # fmt: skip
+    assert {r["dtype"] for r in rows} == {"tf32", "float64"}
+    assert all(r["status"] == "ok" and r["speedup"] for r in rows)
+    after = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    assert after == before
+    assert seen[torch.float32] == {(True, True)}
+    assert seen[torch.float64] == {before}  # not float32: the switches are left alone
+    rows = run_benchmarks([parse_shape("T4-B2-I3-H4")], ["nn.LSTM-padded"], "cpu",
+                          torch.float32, config=FAST, progress=False)  # fmt: skip
+    assert rows[0]["dtype"] == "float32" and seen[torch.float32] == {(True, True), (False, False)}
+
+
+def test_progress_without_a_terminal_is_one_plain_line_per_case(capsys):
+    shapes = [parse_shape("T4-B2-I3-H4"), parse_shape("T5-B2-I3-H4")]
+    run_benchmarks(shapes, ["nn.LSTM-padded"], config=FAST, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("bench [1/2] T4-B2-I3-H4 float32: 2 ok rows")

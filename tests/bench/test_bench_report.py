@@ -97,5 +97,8 @@ def test_markdown_names_machine_command_and_figures(tmp_path):
     config = {"command": "fastlstm bench --shapes quick", "repeats": 10, "warmup": 1}
     text = format_markdown(load_json(write_json(tmp_path / "r.json", env, config, _rows())))
     assert "AMD EPYC" in text and "`fastlstm bench --shapes quick`" in text
-    assert f"| {FIXED.id} | fastlstm-auto | aten | 1 | 2.00x | 2 | 2.00x | 3.0 |  |" in text
-    assert "| reference vs python loop | T5-B2-I3-H4 | fwd+bwd | 3.00× |" in text
+    # ms, µs per time step (T=5), speedup for each mode, then peak memory
+    row = "| fastlstm-auto | aten | 1 | 200 | 2.00x | 2 | 400 | 2.00x | 3.0 |  |"
+    assert f"| {FIXED.id} {row}" in text
+    assert "| reference vs python loop | T5-B2-I3-H4 | fwd+bwd | 3.00× | 1600 |" in text
+    assert "| dtype |" not in text  # one precision: no dtype column

@@ -5,21 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastlstm.bench.timing import measure_interleaved, measure_time, peak_memory
+from fastlstm.bench.timing import measure_interleaved, peak_memory
 
 
-def test_measure_time_counts_and_orders_statistics():
+def _measure_one(fn, device="cpu", **kwargs):
+    return measure_interleaved({"fn": fn}, device, **kwargs)["fn"]
+
+
+def test_counts_and_orders_statistics():
     calls = []
-    timing = measure_time(lambda: calls.append(1), warmup=2, repeats=4, budget_s=None)
-    assert len(calls) == 2 + 4
+    timing = _measure_one(lambda: calls.append(1), warmup=2, repeats=4, budget_s=None, settle=1)
+    assert len(calls) == 2 + 4 * 2
     assert timing.repeats == 4 and len(timing.times) == 4
     assert timing.min <= timing.q1 <= timing.median <= timing.q3 <= max(timing.times)
 
 
 def test_budget_stops_after_min_repeats():
     calls = []
-    timing = measure_time(
-        lambda: calls.append(1), warmup=0, repeats=50, min_repeats=3, budget_s=1e-12
+    timing = _measure_one(
+        lambda: calls.append(1), warmup=0, repeats=50, min_repeats=3, budget_s=1e-12, settle=0
     )
     assert timing.repeats == 3 and len(calls) == 3
 
@@ -27,9 +31,18 @@ def test_budget_stops_after_min_repeats():
 def test_interleaved_rounds_rotate_the_order():
     order: list[str] = []
     fns = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    timings = measure_interleaved(fns, warmup=0, repeats=3, budget_s=None)
+    timings = measure_interleaved(fns, warmup=0, repeats=3, budget_s=None, settle=0)
     assert order == list("abcbcacab")
     assert {name: t.repeats for name, t in timings.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_each_timed_call_follows_an_untimed_call_of_the_same_callable():
+    """The timed call never runs right after a different callable (its leftover state)."""
+    order: list[str] = []
+    fns = {name: (lambda n=name: order.append(n)) for name in "ab"}
+    timings = measure_interleaved(fns, warmup=1, repeats=2, budget_s=None, settle=1)
+    assert order == list("ab" + "aabb" + "bbaa")
+    assert {name: t.repeats for name, t in timings.items()} == {"a": 2, "b": 2}
 
 
 @pytest.mark.parametrize(
@@ -37,7 +50,9 @@ def test_interleaved_rounds_rotate_the_order():
 )
 def test_bad_counts_raise(kwargs):
     with pytest.raises(ValueError, match="timing: expected repeats >= 1"):
-        measure_time(lambda: None, **kwargs)
+        _measure_one(lambda: None, **kwargs)
+    with pytest.raises(ValueError, match="expected settle >= 0"):
+        _measure_one(lambda: None, settle=-1)
 
 
 def test_cpu_peak_memory_sees_torch_allocations():
@@ -60,7 +75,7 @@ def test_peak_memory_rejects_other_devices():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_timer_and_peak_memory():
     size = 8 * 2**20
-    timing = measure_time(
+    timing = _measure_one(
         lambda: torch.empty(size, dtype=torch.uint8, device="cuda").fill_(1), "cuda", repeats=3
     )
     assert timing.repeats == 3 and timing.median > 0
