@@ -66,6 +66,8 @@ the barrier: ~5-8 us/step, still flat in ``H`` up to the L2 bandwidth.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,9 +97,10 @@ DESIGNS = ("persistent", "step")
 # Polls of the barrier counter before a program gives up (an L2 atomic round trip each,
 # so on the order of seconds): far beyond any legitimate wait, short of a hang.
 SPIN_LIMIT = 1 << 22
-# Resident W_hh (+ W_hr) bytes per program a config may choose; above this the tile no
-# longer fits the register file next to the step's working set (see resource_cases()).
-MAX_RESIDENT_BYTES = 64 * 1024
+# Resident W_hh (+ W_hr) bytes per program a config may choose. Triton keeps the
+# loop-invariant tl.dot operand in shared memory (227 KiB per block on sm_90); the rest
+# of the budget stages the step's h tile (resource_cases() records the measured usage).
+MAX_RESIDENT_BYTES = 128 * 1024
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -153,21 +156,26 @@ H200_SMS = 132
 
 
 def _gpu_config(batch: int, hidden: int, proj: int, elem: int, sms: int) -> PersistentConfig:
-    block_b = 16
     lo = 16 if proj else 4
-    block_hs = _pow2(hidden, lo)
-    for k in range(2, 12):
-        hs = 1 << k
-        if hs < lo:
-            continue
-        n_h, n_b = PersistentConfig(block_b, hs, 4).grid(batch, hidden)
-        if n_h * n_b <= sms or hs >= block_hs:
-            block_hs = min(hs, block_hs)
+    top = _pow2(hidden, lo)
+    choice = None
+    for block_b in (16, 32, 64, 128):
+        hs = lo
+        while hs < top and math.prod(PersistentConfig(block_b, hs, 4).grid(batch, hidden)) > sms:
+            hs *= 2
+        cfg = PersistentConfig(block_b, hs, 4)
+        if math.prod(cfg.grid(batch, hidden)) > sms:
+            break  # even all of H per program does not fit: the batch needs more SMs
+        if cfg.resident_bytes(hidden, proj, elem) <= MAX_RESIDENT_BYTES:
+            choice = cfg
             break
-    cfg = PersistentConfig(block_b, block_hs, num_warps=4)
-    # Wider tiles need more threads to hold the resident weights without spilling.
-    num_warps = 8 if cfg.resident_bytes(hidden, proj, elem) > 16 * 1024 else 4
-    return PersistentConfig(block_b, block_hs, num_warps)
+        if block_b >= batch:
+            break
+    if choice is None:  # serves the step design; the persistent one is refused
+        choice = PersistentConfig(16, lo, 4)
+    # More threads for wider resident tiles: fewer operand registers per thread.
+    num_warps = 8 if choice.resident_bytes(hidden, proj, elem) > 16 * 1024 else 4
+    return PersistentConfig(choice.block_b, choice.block_hs, num_warps)
 
 
 def persistent_config(
@@ -1015,16 +1023,38 @@ def persistent_unsupported_reason(
         return None  # the interpreter: one program ("persistent") or any grid ("step")
     cfg = persistent_config(batch, hidden, proj, dtype, device, design=design)
     elem = torch.empty((), dtype=dtype).element_size()
+    return _config_reason(
+        design, cfg, batch, hidden, proj, elem, dot_precision(dtype), _sm_count(device)
+    )
+
+
+def _config_reason(
+    design: str,
+    cfg: PersistentConfig,
+    batch: int,
+    hidden: int,
+    proj: int,
+    elem: int,
+    precision: str,
+    sms: int,
+) -> str | None:
     resident = cfg.resident_bytes(hidden, proj, elem)
     if resident > MAX_RESIDENT_BYTES:
         return (
             f"the {design} design's resident weight slice ({resident // 1024} KiB per program "
             f"at {cfg.block_hs} hidden units) exceeds {MAX_RESIDENT_BYTES // 1024} KiB "
-            f"(hidden {hidden}, proj_size {proj}, {dtype})"
+            f"(hidden {hidden}, proj_size {proj})"
+        )
+    if precision == "ieee" and (cfg.block_hs > 8 or _pow2(proj or hidden) > 256):
+        # Exact fp32 tl.dot runs on the FMA units, whose operands live in registers: a
+        # slice wider than 8 units or 256 inputs spills (measured for sm_90, see
+        # resource_cases()), while TF32/half dots keep it in shared memory.
+        return (
+            f"exact fp32 dots (TF32 disabled) cannot keep a {cfg.block_hs}-unit x "
+            f"{proj or hidden}-input W_hh slice resident without spilling"
         )
     if design == "persistent":
         n_h, n_b = cfg.grid(batch, hidden)
-        sms = _sm_count(device)
         if n_h * n_b > sms:
             return (
                 f"the persistent design needs {n_h} x {n_b} co-resident programs for batch "
@@ -1269,6 +1299,8 @@ def resource_cases(
 ) -> list[KernelBuild]:
     """Every kernel of both designs at the launch settings the config picks on an H200.
 
+    Returns a list of ``kernels.launch.KernelBuild``; fp32 appears with both dot precisions.
+
     ``variants`` are ``(lengths, projection)`` pairs; the projection case uses
     ``proj_size = H // 2``. Settings the designs refuse (resident slice too large, grid
     larger than ``sms``) are left out, as the launchers would refuse them.
@@ -1277,11 +1309,13 @@ def resource_cases(
     for hidden in hiddens:
         for dtype in dtypes:
             elem = torch.empty((), dtype=dtype).element_size()
-            for has_lengths, has_proj in variants:
+            # fp32 runs TF32 or exact dots depending on the TF32 switch: both can be picked.
+            precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
+            for (has_lengths, has_proj), precision in itertools.product(variants, precisions):
                 proj = hidden // 2 if has_proj else 0
                 P = proj or hidden
                 cfg = _gpu_config(batch, hidden, proj, elem, sms)
-                if cfg.resident_bytes(hidden, proj, elem) > MAX_RESIDENT_BYTES:
+                if _config_reason("step", cfg, batch, hidden, proj, elem, precision, sms):
                     continue
                 n_h, n_b = cfg.grid(batch, hidden)
                 block_c = cfg.block_ps(hidden, proj) if proj else cfg.block_hs
@@ -1291,7 +1325,7 @@ def resource_cases(
                     HAS_LENGTHS=has_lengths,
                     HAS_PROJ=has_proj,
                     REVERSE=False,
-                    DOT_PRECISION=dot_precision(dtype),
+                    DOT_PRECISION=precision,
                     **_blocks(cfg, hidden, proj, P),
                 )
                 nones = {}
@@ -1300,6 +1334,7 @@ def resource_cases(
                 if not has_proj:
                     nones.update(w_hr=None, r_state=None, d_hs=None, dh_tot=None)
                 fields = {
+                    "precision": precision,
                     "B": batch,
                     "lengths": int(has_lengths),
                     "proj": proj,
@@ -1311,7 +1346,7 @@ def resource_cases(
                 bwd = {**base, "BLOCK_NS": cfg.block_ns(hidden, block_c)}
                 phases = (0, 1) if has_proj else (0,)
                 kernels = []
-                if n_h * n_b <= sms:
+                if not _config_reason("persistent", cfg, batch, hidden, proj, elem, precision, sms):
                     kernels.append(("persistent_fwd", _persistent_fwd_kernel, fwd))
                     kernels.append(("persistent_bwd", _persistent_bwd_kernel, bwd))
                 for ph in phases:
