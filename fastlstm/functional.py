@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 
@@ -10,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastlstm.backends import BackendChoice, compiled, get_backend, select_backend
-from fastlstm.backends.compiled import COMPILED_BACKENDS
+from fastlstm.backends import REGISTRY, BackendChoice, compiled, select_backend
 
 __all__ = ["check_lengths", "lstm", "lstm_with_backend"]
 
@@ -29,11 +27,15 @@ def _weights_per_layer(weights: Sequence[Tensor], num_layers: int, num_direction
     return int(per)
 
 
-def check_lengths(lengths: Tensor, batch_size: int, seq_len: int, device: torch.device) -> Tensor:
-    """Validate ``lengths`` and return it as int64 on ``device``.
+def check_lengths(
+    lengths: Tensor, batch_size: int, seq_len: int, device: torch.device
+) -> tuple[Tensor, list[int]]:
+    """Validate ``lengths``; return it as int64 on ``device`` and its values on the host.
 
     Every length must lie in ``[1, seq_len]``: a sequence of length zero has no last valid
-    step to take ``h_n`` from (``nn.utils.rnn.pack_padded_sequence`` rejects it too).
+    step to take ``h_n`` from (``nn.utils.rnn.pack_padded_sequence`` rejects it too). The
+    values are read to the host once, here; everything below uses this copy instead of
+    reading the tensor again (each read of a CUDA tensor stalls the launch queue).
     """
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
@@ -44,14 +46,15 @@ def check_lengths(lengths: Tensor, batch_size: int, seq_len: int, device: torch.
         )
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise ValueError(f"lengths: expected an integer tensor, got dtype {lengths.dtype}")
-    if batch_size > 0:
-        lo, hi = int(lengths.min()), int(lengths.max())
+    host = lengths.tolist()  # the one device-to-host read of the call
+    if host:
+        lo, hi = min(host), max(host)
         if lo < 1 or hi > seq_len:
             raise ValueError(
                 f"lengths: every length must be between 1 and the sequence length {seq_len}, "
                 f"got values from {lo} to {hi}"
             )
-    return lengths.to(device=device, dtype=torch.int64)
+    return lengths.to(device=device, dtype=torch.int64), host
 
 
 def _check_hidden(
@@ -129,28 +132,43 @@ def lstm_with_backend(
     else:
         _check_hidden(hx, (num_layers * D, B, P), (num_layers * D, B, H), x)
     compiling = torch.compiler.is_compiling()
+    lengths_host = None
     if lengths is not None:
         if compiling:
             # Value checks would read the tensor back and break the graph.
             lengths = lengths.to(device=x.device, dtype=torch.int64)
         else:
-            lengths = check_lengths(lengths, B, T, x.device)
-            if bool((lengths == T).all()):
+            lengths, lengths_host = check_lengths(lengths, B, T, x.device)
+            if B == 0 or min(lengths_host) == T:
                 # Every sequence is full: the plain path is the same computation, and faster.
-                lengths = None
+                lengths = lengths_host = None
+            elif max(lengths_host) < T:
+                # Past the longest sequence every output is zero: run only the steps that
+                # matter, and pad the output back to T at the end.
+                x = x[: max(lengths_host)]
 
-    choice = select_backend(backend, x.device, x.dtype, H, P if has_proj else 0)
-    if compiling:
-        # Under torch.compile every direction runs through the opaque custom op.
-        name = choice.name if choice.name in COMPILED_BACKENDS else "reference"
-        impl = functools.partial(compiled.run_direction, backend=name)
+    if B == 0:
+        # Nothing to compute: the reference gives empty results, and zero gradients, of the
+        # right shapes on any device without asking a kernel to launch on an empty grid.
+        choice = BackendChoice("reference", "empty batch")
     else:
+        is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+        transformed = not compiling and any(is_wrapped(t) for t in (x, *weights))
+        choice = select_backend(
+            backend,
+            x.device,
+            x.dtype,
+            H,
+            P if has_proj else 0,
+            compiling=compiling,
+            transformed=transformed,
+        )
+    entry = REGISTRY[choice.name]
+    if not compiling:
         logger.debug("fastlstm backend %r: %s", choice.name, choice.reason)
-        impl = get_backend(choice.name).run_direction
 
-    if choice.name == "aten" and lengths is None and not compiling:
-        stack = get_backend("aten").run_stack
-        out, h_n, c_n = stack(
+    if entry.run_stack is not None and lengths is None and not compiling:
+        out, h_n, c_n = entry.run_stack(
             x, tuple(hx), list(weights), has_biases, num_layers, dropout, training, bidirectional
         )
     else:
@@ -162,12 +180,16 @@ def lstm_with_backend(
             for direction in range(D):
                 k = layer * D + direction
                 w = weights[k * per : (k + 1) * per]
-                w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
                 w_hr = w[-1] if has_proj else None
-                out_d, h_d, c_d = impl(
-                    layer_in, w_ih, w_hh, b_ih, b_hh, w_hr, h0[k], c0[k], lengths, direction == 1
-                )
+                args = (layer_in, w[0], w[1], b_ih, b_hh, w_hr, h0[k], c0[k], lengths)
+                if compiling:
+                    # Under torch.compile every direction runs through the opaque custom op.
+                    out_d, h_d, c_d = compiled.run_direction(
+                        *args, direction == 1, backend=choice.name
+                    )
+                else:
+                    out_d, h_d, c_d = entry.run_direction(*args, direction == 1, lengths_host)
                 outs.append(out_d)
                 h_ns.append(h_d)
                 c_ns.append(c_d)
@@ -175,6 +197,8 @@ def lstm_with_backend(
             if dropout > 0 and training and layer < num_layers - 1:
                 layer_in = F.dropout(layer_in, dropout, training=True)
         out, h_n, c_n = layer_in, torch.stack(h_ns), torch.stack(c_ns)
+    if out.shape[0] < T:
+        out = F.pad(out, (0, 0, 0, 0, 0, T - out.shape[0]))  # [T, B, D*P], zeros past the end
     if batch_first:
         out = out.transpose(0, 1)
     return out, (h_n, c_n), choice

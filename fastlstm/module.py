@@ -118,6 +118,9 @@ class LSTM(nn.RNNBase):
         *,
         lengths: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        # As nn.LSTM does: picks up parameters swapped in by torch.func.functional_call,
+        # parametrizations and the like, which _flat_weights would otherwise miss.
+        self._update_flat_weights()
         packed = input if isinstance(input, PackedSequence) else None
         batch_first = self.batch_first
         if packed is not None:
@@ -174,3 +177,9 @@ class LSTM(nn.RNNBase):
             out = out.squeeze(0 if batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return out, (h_n, c_n)
+
+
+# Whole-model checkpoints (``torch.save(model)``) load under ``torch.load(weights_only=True)``,
+# PyTorch's default, without the user adding fastlstm to the allowlist: the class is all the
+# pickle names beyond what torch allows already (parameters, tensors, plain containers).
+torch.serialization.add_safe_globals([LSTM])

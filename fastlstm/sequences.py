@@ -35,15 +35,15 @@ def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bo
     """``h_{t-1}`` for every position ``[T, B, P]``: the state each step multiplied by W_hh.
 
     Positions past a sequence's end get zeros or stale values; their gate gradients are
-    zero, so they contribute nothing to ``dW_hh``.
+    zero, so they contribute nothing to ``dW_hh``. Out-of-place (no index writes), so that
+    autograd and ``torch.func`` can trace it.
     """
     h0 = h0.to(out.dtype).unsqueeze(0)  # [1, B, P]
     if not reverse:
         return torch.cat([h0, out[:-1]], 0)
+    T = out.shape[0]
     prev = torch.cat([out[1:], torch.zeros_like(h0)], 0)  # [T, B, P]
-    if lengths is None:
-        prev[-1] = h0[0]
-    else:
-        # The first step of a reversed sequence is its last valid position.
-        prev[lengths - 1, torch.arange(out.shape[1], device=out.device)] = h0[0]
-    return prev
+    # The first step of a reversed sequence is its last valid position.
+    t = torch.arange(T, device=out.device).unsqueeze(1)  # [T, 1]
+    first = t == (T - 1 if lengths is None else lengths.unsqueeze(0) - 1)  # [T, B] or [T, 1]
+    return torch.where(first.unsqueeze(-1), h0, prev)

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastlstm.sequences import previous_states
+from fastlstm import direction
 
 from .launch import dot_precision, recurrence_config, unsupported_reason
 
@@ -596,58 +596,12 @@ def lstm_recurrence_backward(
     return d_xp, d_h0, d_c0, d_hs
 
 
-class LSTMDirectionFunction(torch.autograd.Function):
-    """One direction of one layer: input GEMM + forward kernel; backward kernel + GEMMs."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
-        xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
-        if b_ih is not None:
-            xp = xp + b_ih
-        if b_hh is not None:
-            xp = xp + b_hh
-        out, h_n, c_n, gates, cs = lstm_recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
-        ctx.reverse = reverse
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return out, h_n, c_n
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_out, d_hn, d_cn):
-        x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        d_xp, d_h0, d_c0, d_hs = lstm_recurrence_backward(
-            d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, ctx.reverse
-        )
-        # The GEMMs run in the weights' dtype (tensor cores for half types), accumulating
-        # in fp32 inside cuBLAS; the fp32 d_xp from the kernel is cast once.
-        T, B, G = d_xp.shape
-        d_xp_w = d_xp.to(w_ih.dtype).view(T * B, G)  # [T*B, 4H]
-        dx = dw_ih = dw_hh = db = dw_hr = None
-        if need[0]:
-            dx = (d_xp_w @ w_ih).view(T, B, -1).to(x.dtype)  # [T, B, I]
-        if need[1]:
-            dw_ih = (d_xp_w.t() @ x.reshape(T * B, -1).to(w_ih.dtype)).to(w_ih.dtype)
-        if need[2]:
-            h_prev = previous_states(out, h0, lengths, ctx.reverse).to(w_hh.dtype)  # [T, B, P]
-            dw_hh = d_xp_w.t() @ h_prev.reshape(T * B, -1)  # [4H, P]
-        if need[3] or need[4]:
-            db = d_xp.sum((0, 1))  # [4H] fp32
-        if w_hr is not None and need[5]:
-            H = cs.shape[-1]
-            r = gates[..., 3 * H :] * torch.tanh(cs)  # [T, B, H] = o * tanh(c)
-            dw_hr = d_hs.view(T * B, -1).t() @ r.view(T * B, H)  # [P, H] fp32
-            dw_hr = dw_hr.to(w_hr.dtype)
-        db_ih = db.to(w_ih.dtype) if need[3] else None
-        db_hh = db.to(w_hh.dtype) if need[4] else None
-        d_h0 = d_h0.to(h0.dtype) if need[6] else None
-        d_c0 = d_c0.to(c0.dtype) if need[7] else None
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, d_h0, d_c0, None, None
-
-
 def can_serve(x: Tensor, w_hh: Tensor, w_hr: Tensor | None = None) -> str | None:
-    """None when the kernels can run a direction with these tensors, else the reason why not."""
+    """Deprecated: :func:`unsupported_reason` for the request these tensors describe.
+
+    ``fastlstm.backends.select_backend`` is where the library decides; this alias stays for
+    callers that hold tensors rather than a request.
+    """
     H = w_hh.shape[0] // 4
     P = 0 if w_hr is None else w_hr.shape[0]
     return unsupported_reason(x.device, x.dtype, H, P)
@@ -712,9 +666,12 @@ def lstm_direction(
     """One direction of one LSTM layer with the fused Triton kernels (differentiable).
 
     The input projection is one GEMM, the whole time loop one kernel launch, and backward
-    one launch for the time loop followed by GEMMs for the weight, input and bias gradients.
-    State and accumulation are fp32 whatever the input dtype. Under ``torch.autocast`` the
-    floating inputs are cast to the autocast dtype first, as autocast does for ``nn.LSTM``.
+    one launch for the time loop followed by GEMMs for the weight, input and bias gradients:
+    the glue of :mod:`fastlstm.direction`, shared with every backend, over the kernels'
+    recurrence pair. State and accumulation are fp32 whatever the input dtype. Double
+    backward and ``torch.func`` transforms are refused with an error (use the reference).
+    Under ``torch.autocast`` the floating inputs are cast to the autocast dtype first, as
+    autocast does for ``nn.LSTM``.
 
     Args:
         x: ``[T, B, I]`` padded input (float32, bfloat16 or float16).
@@ -751,7 +708,15 @@ def lstm_direction(
         c0 = x.new_zeros(B, H)
     if lengths is not None:
         lengths = lengths.to(torch.int64)
-    with torch.autocast(x.device.type, enabled=False):
-        return LSTMDirectionFunction.apply(
-            x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, bool(reverse)
-        )
+    return direction.run_direction(
+        _kernel_recurrence(), x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+    )
+
+
+def _kernel_recurrence() -> direction.Recurrence:
+    # Looked up in the package at call time: fastlstm.kernels exports the recurrence pair
+    # that picks between the kernel designs.
+    from . import lstm_recurrence_backward as backward
+    from . import lstm_recurrence_forward as forward
+
+    return direction.Recurrence("triton", forward, backward)

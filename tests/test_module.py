@@ -93,7 +93,7 @@ def _backend_available(backend: str, dtype: torch.dtype) -> bool:
     return True
 
 
-def build_pair(case: Case, backend: str, dtype: torch.dtype):
+def build_pair(case: Case, backend: str, dtype: torch.dtype, device: str = "cpu"):
     kwargs = dict(
         num_layers=case.layers,
         bias=case.bias,
@@ -101,6 +101,7 @@ def build_pair(case: Case, backend: str, dtype: torch.dtype):
         bidirectional=case.bidir,
         proj_size=case.proj,
         dtype=dtype,
+        device=device,
     )
     ref = nn.LSTM(case.I, case.H, **kwargs)
     ours = fastlstm.LSTM(case.I, case.H, backend=backend, **kwargs)
@@ -108,16 +109,16 @@ def build_pair(case: Case, backend: str, dtype: torch.dtype):
     return ref, ours
 
 
-def make_inputs(case: Case, dtype: torch.dtype):
+def make_inputs(case: Case, dtype: torch.dtype, device: str = "cpu"):
     D = 2 if case.bidir else 1
     P = case.proj or case.H
     shape = (case.B, case.T, case.I) if case.batch_first else (case.T, case.B, case.I)
-    x = torch.randn(shape, dtype=dtype)
+    x = torch.randn(shape, dtype=dtype, device=device)
     hx = None
     if case.with_hx:
         hx = (
-            torch.randn(case.layers * D, case.B, P, dtype=dtype),
-            torch.randn(case.layers * D, case.B, case.H, dtype=dtype),
+            torch.randn(case.layers * D, case.B, P, dtype=dtype, device=device),
+            torch.randn(case.layers * D, case.B, case.H, dtype=dtype, device=device),
         )
     if case.form == "unbatched":
         x = x[0] if case.batch_first else x[:, 0]
@@ -145,9 +146,9 @@ def run(module, case: Case, x, hx, lengths, as_packed: bool):
     return out, h, c
 
 
-def check_parity(case: Case, backend: str, dtype: torch.dtype, tol=None):
-    ref, ours = build_pair(case, backend, dtype)
-    x, hx, lengths = make_inputs(case, dtype)
+def check_parity(case: Case, backend: str, dtype: torch.dtype, tol=None, device: str = "cpu"):
+    ref, ours = build_pair(case, backend, dtype, device)
+    x, hx, lengths = make_inputs(case, dtype, device)
     results = []
     for module in (ref, ours):
         xi = x.clone().requires_grad_()
@@ -169,8 +170,9 @@ def check_parity(case: Case, backend: str, dtype: torch.dtype, tol=None):
         loss = sum((t * g).sum() for t, g in zip((out, h, c), cot, strict=True))
         inputs = [xi, *module.parameters()] + ([] if hxi is None else list(hxi))
         grads.append(torch.autograd.grad(loss, inputs))
-    names = ["d_input"] + [f"d_{n}" for n, _ in ours.named_parameters()] + ["d_h0", "d_c0"]
-    for name, g_o, g_r in zip(names, grads[1], grads[0], strict=False):
+    names = ["d_input"] + [f"d_{n}" for n, _ in ours.named_parameters()]
+    names += [] if hx is None else ["d_h0", "d_c0"]
+    for name, g_o, g_r in zip(names, grads[1], grads[0], strict=True):
         assert_close(g_o, g_r, name, atol, rtol)
 
 
@@ -194,12 +196,29 @@ def test_parity_float32(case: Case, backend: str):
 TRITON_CASES = [CASES[i] for i in (0, 1, 2, 5, 7, 8, 11, 13)]
 
 
+@pytest.fixture
+def exact_fp32_on_cuda():
+    """cuDNN (nn.LSTM) and the Triton kernels both use TF32 for fp32 unless this is False."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in TRITON_CASES])
 def test_parity_triton(case: Case):
     """Needs CUDA, or TRITON_INTERPRET=1 (as CI sets) to run the kernels on the CPU."""
     if not _backend_available("triton", torch.float32):
         pytest.skip("backend 'triton' needs CUDA or TRITON_INTERPRET=1")
     check_parity(case, "triton", torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_parity_triton_cuda(case: Case, exact_fp32_on_cuda):
+    """The whole grid (packed, lengths, bidirectional, proj) on the GPU, fp32 without TF32."""
+    check_parity(case, "triton", torch.float32, tol=(1e-4, 1e-4), device="cuda")
 
 
 def test_auto_picks_aten_on_cpu_and_records_it():

@@ -73,10 +73,13 @@ def run_direction(
     c0: Tensor,
     lengths: Tensor | None,
     reverse: bool,
+    lengths_host: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one LSTM layer with the fused aten op (the backend seam).
 
-    Same contract as :func:`fastlstm.backends.reference.run_direction`.
+    Same contract as :func:`fastlstm.backends.reference.run_direction`. The segmenting needs
+    the lengths on the host: ``lengths_host`` (the values of ``lengths`` as a list, which
+    ``fastlstm.functional`` reads once per call) spares a device-to-host copy per direction.
     """
     params = [w_ih, w_hh]
     if b_ih is not None:
@@ -101,7 +104,10 @@ def run_direction(
     x_run = torch.cat([x[t_idx, order], past_end.unsqueeze(-1).to(x.dtype)], -1)  # [T, B, I+1]
     params[0] = torch.cat([w_ih, _freeze_column(H, w_ih)], 1)  # [4H, I + 1]
 
-    lengths_host = sorted_lengths.tolist()
+    if lengths_host is None:
+        lengths_host = lengths.tolist()
+    # The same values the device sort gives (a stable sort of equal keys only permutes rows).
+    lengths_host = sorted(lengths_host, reverse=True)
     cuts = _segment_cuts(lengths_host, max_segments=max(1, min(8, B // 8)))
     h, c = h0[order], c0[order]
     outs, c_done = [], []

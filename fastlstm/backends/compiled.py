@@ -3,10 +3,11 @@
 ``torch.compile`` refuses to trace ``nn.LSTM`` and would unroll a Python time loop step by
 step. Registering the direction as an opaque custom op (with a fake implementation for
 shape propagation and a registered autograd formula) lets ``torch.compile(model,
-fullgraph=True)`` trace a model holding :class:`fastlstm.LSTM` with no graph break: the
-compiled graph calls the op, whose implementation runs the Triton kernels on CUDA and the
-reference recurrence elsewhere. Eager mode does not go through here; it calls the backends
-directly.
+fullgraph=True)`` trace a model holding :class:`fastlstm.LSTM` with no graph break. The op's
+forward and backward are the shared glue of :mod:`fastlstm.direction` over the named
+backend's recurrence pair, the very functions eager mode runs, so compiled and eager runs
+of a backend agree by construction. Only backends with a recurrence pair can run here (the
+fused aten op exposes no saved state); ``select_backend`` knows that.
 """
 
 from __future__ import annotations
@@ -14,20 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastlstm.backends import reference
+from fastlstm import direction
 
-__all__ = ["COMPILED_BACKENDS", "run_direction"]
-
-# Backends whose recurrence primitives the op can call (the aten op exposes no saved state).
-COMPILED_BACKENDS = ("reference", "triton")
+__all__ = ["lstm_direction_backward_op", "lstm_direction_op", "run_direction"]
 
 
-def _primitives(backend: str):
-    if backend == "triton":
-        from fastlstm import kernels
+def _recurrence(backend: str) -> direction.Recurrence:
+    from fastlstm.backends import get_backend
 
-        return kernels.lstm_recurrence_forward, kernels.lstm_recurrence_backward
-    return reference.recurrence_forward, reference.recurrence_backward
+    return get_backend(backend).RECURRENCE
 
 
 @torch.library.custom_op("fastlstm::lstm_direction", mutates_args=())
@@ -45,10 +41,10 @@ def lstm_direction_op(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``out, h_n, c_n`` and the saved ``gates, cs`` that backward needs."""
-    recurrence, _ = _primitives(backend)
-    out, h_n, c_n, gates, cs = reference.direction_forward(
-        recurrence, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+    out, h_n, c_n, gates, cs = direction.direction_forward(
+        _recurrence(backend), x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
     )
+    # A custom op may not return views of its inputs or of each other.
     return out, h_n.clone(), c_n.clone(), gates, cs
 
 
@@ -56,7 +52,7 @@ def lstm_direction_op(
 def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
     T, B, _ = x.shape
     G, P = w_hh.shape
-    acc = reference.acc_dtype(x.dtype)
+    acc = direction.acc_dtype(x.dtype)
     return (
         x.new_empty(T, B, P),
         h0.new_empty(B, P),
@@ -74,6 +70,8 @@ def lstm_direction_backward_op(
     x: Tensor,
     w_ih: Tensor,
     w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
     w_hr: Tensor | None,
     h0: Tensor,
     c0: Tensor,
@@ -82,14 +80,12 @@ def lstm_direction_backward_op(
     gates: Tensor,
     cs: Tensor,
     reverse: bool,
-    has_bias: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0``; absent ``db``/``dw_hr`` are empty."""
-    _, recurrence_bwd = _primitives(backend)
-    dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = reference.direction_backward(
-        recurrence_bwd, d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates,
-        cs, reverse, has_bias,
+    dx, dw_ih, dw_hh, db, _, dw_hr, dh0, dc0 = direction.direction_backward(
+        _recurrence(backend), d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0,
+        lengths, out, gates, cs, reverse,
     )  # fmt: skip
     empty = w_ih.new_empty(0)
     return (
@@ -104,14 +100,13 @@ def lstm_direction_backward_op(
 
 
 @lstm_direction_backward_op.register_fake
-def _(d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs, reverse,
-      has_bias, backend):  # fmt: skip
-    G = w_hh.shape[0]
+def _(d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs,
+      reverse, backend):  # fmt: skip
     return (
         torch.empty_like(x),
         torch.empty_like(w_ih),
         torch.empty_like(w_hh),
-        w_ih.new_empty(G if has_bias else 0),
+        w_ih.new_empty(0) if b_ih is None else torch.empty_like(b_ih),
         w_ih.new_empty(0) if w_hr is None else torch.empty_like(w_hr),
         torch.empty_like(h0),
         torch.empty_like(c0),
@@ -119,25 +114,26 @@ def _(d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs, r
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w_ih, w_hh, b_ih, _, w_hr, h0, c0, lengths, reverse, backend = inputs
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
     out, _, _, gates, cs = output
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
-    ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
+    ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs)
+    ctx.reverse, ctx.backend = reverse, backend
 
 
 def _backward(ctx, d_out, d_hn, d_cn, _d_gates, _d_cs):
-    x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
     # An output that did not reach the loss has no cotangent; the recurrence needs zeros.
     d_out = torch.zeros_like(out) if d_out is None else d_out
     d_hn = torch.zeros_like(h0) if d_hn is None else d_hn
     d_cn = torch.zeros_like(c0) if d_cn is None else d_cn
     dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = lstm_direction_backward_op(
-        d_out, d_hn, d_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs,
-        ctx.reverse, ctx.has_bias, ctx.backend,
+        d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs,
+        ctx.reverse, ctx.backend,
     )  # fmt: skip
-    db = db if ctx.has_bias else None
-    dw_hr = dw_hr if w_hr is not None else None
-    return dx, dw_ih, dw_hh, db, db, dw_hr, dh0, dc0, None, None, None
+    db_ih = None if b_ih is None else db
+    db_hh = None if b_hh is None else db
+    dw_hr = None if w_hr is None else dw_hr
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, None, None, None
 
 
 lstm_direction_op.register_autograd(_backward, setup_context=_setup_context)
@@ -156,8 +152,8 @@ def run_direction(
     reverse: bool,
     backend: str = "reference",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The backend seam through the custom op (``backend`` in :data:`COMPILED_BACKENDS`)."""
-    out, h_n, c_n, _, _ = lstm_direction_op(
-        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
-    )
+    """The backend seam through the custom op, for a backend with a recurrence pair."""
+    args = direction.autocast_inputs((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), x.device.type)
+    with torch.autocast(x.device.type, enabled=False):
+        out, h_n, c_n, _, _ = lstm_direction_op(*args, lengths, reverse, backend)
     return out, h_n, c_n

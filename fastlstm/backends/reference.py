@@ -6,8 +6,13 @@ device and dtype. It is written for clarity first, but it is not naive about cos
 - the input projection ``x @ W_ih^T + b`` for all timesteps is one GEMM before the loop;
 - the time loop does only the recurrent matmul, the gate nonlinearities and the cell update;
 - backward is backpropagation through time written by hand (reverse loop over the saved gate
-  activations and cell states), and the weight gradients are single GEMMs after the loop,
-  instead of autograd recording a graph of ~10 nodes per timestep.
+  activations and cell states), and the weight gradients are single GEMMs after the loop
+  (in ``fastlstm.direction``, the glue every backend shares), instead of autograd recording a
+  graph of ~10 nodes per timestep.
+
+Both recurrence functions use only ordinary differentiable PyTorch ops (no ``out=``, no
+in-place writes, no reads of tensor values on the host), so the glue can record a graph of
+the backward itself: double backward and ``torch.func`` transforms (``vmap``, ``grad``) work.
 
 Equations (gate order i, f, g, o as in ``torch.nn.LSTM``; ``P`` = proj_size or ``H``)::
 
@@ -28,18 +33,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastlstm.sequences import previous_states, reverse_within_lengths
+from fastlstm import direction
+from fastlstm.direction import acc_dtype
+from fastlstm.sequences import reverse_within_lengths
 
 __all__ = [
+    "RECURRENCE",
+    "acc_dtype",
     "recurrence_backward",
     "recurrence_forward",
     "run_direction",
 ]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    # State and accumulation in fp32 for half types; float64 stays float64 for gradcheck.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _step_masks(lengths: Tensor | None, T: int) -> Tensor | None:
@@ -58,7 +62,7 @@ def recurrence_forward(
     lengths: Tensor | None,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Run the recurrence over a precomputed input projection (no autograd).
+    """Run the recurrence over a precomputed input projection.
 
     Args:
         xp: ``[T, B, 4H]`` input projection with both biases added.
@@ -74,7 +78,7 @@ def recurrence_forward(
         ``cs [T, B, H]`` (cell state after each step), both in the accumulation dtype and
         stored at sequence positions.
     """
-    T, B, G = xp.shape
+    T, _, G = xp.shape
     H = G // 4
     acc = acc_dtype(xp.dtype)
     out_dtype = xp.dtype
@@ -84,34 +88,26 @@ def recurrence_forward(
     w_hh_t = w_hh.to(acc).t()  # [P, 4H]
     w_hr_t = None if w_hr is None else w_hr.to(acc).t()  # [H, P]
     h, c = h0.to(acc), c0.to(acc)
-    P = h.shape[1]
-    out = xp.new_zeros(T, B, P)
-    gates = xp.new_zeros(T, B, G)
-    cs = xp.new_zeros(T, B, H)
     masks = _step_masks(lengths, T)
-    steps = T if lengths is None else int(lengths.max())
-    for t in range(steps):
-        a = torch.addmm(xp[t], h, w_hh_t, out=gates[t])  # [B, 4H]
-        a[:, : 2 * H].sigmoid_()
-        a[:, 2 * H : 3 * H].tanh_()
-        a[:, 3 * H :].sigmoid_()
-        i, f, g, o = a.chunk(4, 1)
-        if masks is None:
-            # Write state straight into the saved buffers: no copies in the loop.
-            c = torch.addcmul(f * c, i, g, out=cs[t])
-            if w_hr_t is None:
-                h = torch.mul(o, c.tanh(), out=out[t])
-            else:
-                h = torch.mm(o * c.tanh(), w_hr_t, out=out[t])
-            continue
-        c_new = torch.addcmul(f * c, i, g)
-        h_new = o * c_new.tanh()
+    outs, gates, cs = [], [], []
+    for t in range(T):
+        a = torch.addmm(xp[t], h, w_hh_t)  # [B, 4H]
+        i, f = torch.sigmoid(a[:, :H]), torch.sigmoid(a[:, H : 2 * H])
+        g, o = torch.tanh(a[:, 2 * H : 3 * H]), torch.sigmoid(a[:, 3 * H :])
+        c_new = f * c + i * g  # [B, H]
+        h_new = o * torch.tanh(c_new)
         if w_hr_t is not None:
-            h_new = h_new @ w_hr_t
-        mask = masks[t]  # [B, 1]
-        h, c = torch.where(mask, h_new, h), torch.where(mask, c_new, c)
-        torch.mul(h_new, mask, out=out[t])
-        cs[t] = c
+            h_new = h_new @ w_hr_t  # [B, P]
+        if masks is None:
+            h, c = h_new, c_new
+            outs.append(h_new)
+        else:
+            mask = masks[t]  # [B, 1]
+            h, c = torch.where(mask, h_new, h), torch.where(mask, c_new, c)
+            outs.append(h_new * mask)
+        gates.append(torch.cat([i, f, g, o], 1))
+        cs.append(c)
+    out, gates, cs = torch.stack(outs), torch.stack(gates), torch.stack(cs)
     if reverse:
         out, gates, cs = (reverse_within_lengths(s, lengths) for s in (out, gates, cs))
     return out.to(out_dtype), h.to(h0.dtype), c.to(c0.dtype), gates, cs
@@ -129,7 +125,7 @@ def recurrence_backward(
     lengths: Tensor | None,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Backpropagation through time over the saved ``gates`` and ``cs`` (no autograd).
+    """Backpropagation through time over the saved ``gates`` and ``cs``.
 
     Returns ``d_xp [T, B, 4H]`` (gradient of the gate pre-activations, zero past each
     length), ``d_h0 [B, P]``, ``d_c0 [B, H]`` and, with a projection, ``d_hs [T, B, P]``:
@@ -155,8 +151,8 @@ def recurrence_backward(
 
     # Every factor that does not depend on the incoming gradient, for all steps at once:
     # the loop below is then a handful of small ops per step.
-    i, f, g, o = gates.view(T, B, 4, H).unbind(2)  # each [T, B, H]
-    tc = cs.tanh()
+    i, f, g, o = gates.reshape(T, B, 4, H).unbind(2)  # each [T, B, H]
+    tc = torch.tanh(cs)
     c_prev = torch.cat([c0.to(acc).unsqueeze(0), cs[:-1]], 0)
     k_c = o * (1 - tc * tc)  # dc_t += dr * k_c
     k_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)
@@ -170,127 +166,37 @@ def recurrence_backward(
         f = torch.where(masks, f, 1.0)
         keep = (~masks).to(acc)  # [T, B, 1]
 
-    d_xp = gates.new_zeros(T, B, 4, H)
-    d_hs = None if w_hr is None else gates.new_zeros(T, B, d_hn.shape[1])
-    steps = T if lengths is None else int(lengths.max())
-    dh = d_hn.to(acc) + d_out[steps - 1]
+    d_xp: list[Tensor] = [None] * T  # type: ignore[list-item]
+    d_hs: list[Tensor] = [None] * T  # type: ignore[list-item]
+    dh = d_hn.to(acc) + d_out[T - 1]
     dc = d_cn.to(acc)
-    for t in reversed(range(steps)):
-        if d_hs is not None:
+    for t in reversed(range(T)):
+        if w_hr is not None:
             d_hs[t] = dh if masks is None else dh * masks[t]
             dr = dh @ w_hr  # [B, H]
         else:
             dr = dh
-        dc = torch.addcmul(dc, dr, k_c[t])
-        da = d_xp[t]  # [B, 4, H]
-        torch.mul(dc.unsqueeze(1), k_ifg[t], out=da[:, :3])
-        torch.mul(dr, k_o[t], out=da[:, 3])
-        dh_next = (
-            torch.mm(da.view(B, G), w_hh)
-            if t == 0
-            else torch.addmm(d_out[t - 1], da.view(B, G), w_hh)
-        )
+        dc = dc + dr * k_c[t]
+        da = torch.cat([(dc.unsqueeze(1) * k_ifg[t]).reshape(B, 3 * H), dr * k_o[t]], 1)
+        d_xp[t] = da  # [B, 4H]
+        dh_next = da @ w_hh  # [B, P]
+        if t > 0:
+            dh_next = dh_next + d_out[t - 1]
         if masks is not None:
-            dh_next.addcmul_(keep[t], dh)
+            dh_next = dh_next + keep[t] * dh
         dh, dc = dh_next, dc * f[t]
-    d_xp = d_xp.view(T, B, G)
+    d_xp_all = torch.stack(d_xp)  # [T, B, 4H]
+    d_hs_all = None if w_hr is None else torch.stack(d_hs)  # [T, B, P]
     if reverse:
-        d_xp = reverse_within_lengths(d_xp, lengths)
-        if d_hs is not None:
-            d_hs = reverse_within_lengths(d_hs, lengths)
-    return d_xp, dh, dc, d_hs
+        d_xp_all = reverse_within_lengths(d_xp_all, lengths)
+        if d_hs_all is not None:
+            d_hs_all = reverse_within_lengths(d_hs_all, lengths)
+    return d_xp_all, dh, dc, d_hs_all
 
 
-def direction_forward(
-    recurrence, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Input projection as one GEMM, then ``recurrence`` (a ``recurrence_forward``).
-
-    Shared by every backend that implements the recurrence primitives, so the GEMMs around
-    the time loop live in one place. Returns ``out, h_n, c_n, gates, cs``.
-    """
-    xp = torch.matmul(x, w_ih.t())  # [T, B, 4H]
-    if b_ih is not None:
-        xp = xp + (b_ih + b_hh).to(xp.dtype)
-    return recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse)
-
-
-def direction_backward(
-    recurrence_bwd,
-    d_out,
-    d_hn,
-    d_cn,
-    x,
-    w_ih,
-    w_hh,
-    w_hr,
-    h0,
-    c0,
-    lengths,
-    out,
-    gates,
-    cs,
-    reverse,
-    has_bias,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor, Tensor]:
-    """BPTT with ``recurrence_bwd``, then the weight gradients as single GEMMs.
-
-    Returns ``dx, dw_ih, dw_hh, db (for b_ih and b_hh alike), dw_hr, dh0, dc0``.
-    """
-    d_xp, d_h0, d_c0, d_hs = recurrence_bwd(
-        d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse
-    )
-    acc = d_xp.dtype
-    d_xp2 = d_xp.reshape(-1, d_xp.shape[-1])  # [T*B, 4H]
-    dx = torch.matmul(d_xp, w_ih.to(acc)).to(x.dtype)  # [T, B, I]
-    dw_ih = (d_xp2.t() @ x.reshape(-1, x.shape[-1]).to(acc)).to(w_ih.dtype)  # [4H, I]
-    h_prev = previous_states(out.to(acc), h0, lengths, reverse)  # [T, B, P]
-    dw_hh = (d_xp2.t() @ h_prev.reshape(-1, h_prev.shape[-1])).to(w_hh.dtype)  # [4H, P]
-    db = d_xp2.sum(0).to(w_ih.dtype) if has_bias else None
-    dw_hr = None
-    if w_hr is not None:
-        H = cs.shape[-1]
-        r = gates[..., 3 * H :].to(acc) * cs.to(acc).tanh()  # [T, B, H]
-        dw_hr = (d_hs.reshape(-1, d_hs.shape[-1]).t() @ r.reshape(-1, H)).to(w_hr.dtype)
-    return dx, dw_ih, dw_hh, db, dw_hr, d_h0.to(h0.dtype), d_c0.to(c0.dtype)
-
-
-class ReferenceLSTMFunction(torch.autograd.Function):
-    """One direction of one layer with hand-written BPTT (see module docstring)."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
-        out, h_n, c_n, gates, cs = direction_forward(
-            recurrence_forward, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
-        )
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs)
-        ctx.has_bias = b_ih is not None
-        ctx.reverse = reverse
-        return out, h_n, c_n
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_out, d_hn, d_cn):
-        x, w_ih, w_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
-        dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = direction_backward(
-            recurrence_backward,
-            d_out,
-            d_hn,
-            d_cn,
-            x,
-            w_ih,
-            w_hh,
-            w_hr,
-            h0,
-            c0,
-            lengths,
-            out,
-            gates,
-            cs,
-            ctx.reverse,
-            ctx.has_bias,
-        )
-        return dx, dw_ih, dw_hh, db, db, dw_hr, dh0, dc0, None, None
+RECURRENCE = direction.Recurrence(
+    "reference", recurrence_forward, recurrence_backward, differentiable=True
+)
 
 
 def run_direction(
@@ -304,6 +210,7 @@ def run_direction(
     c0: Tensor,
     lengths: Tensor | None,
     reverse: bool,
+    lengths_host: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one LSTM layer in plain PyTorch (the backend seam; see DESIGN.md).
 
@@ -314,8 +221,11 @@ def run_direction(
         h0, c0: ``[B, P]`` and ``[B, H]`` initial state.
         lengths: ``[B]`` int64 valid lengths, or None when every sequence has length ``T``.
         reverse: run each sequence backwards from its own last valid step.
+        lengths_host: the same lengths as a host list (unused here; part of the seam).
 
     Returns:
         ``out [T, B, P]`` (zero past each length), ``h_n [B, P]``, ``c_n [B, H]``.
     """
-    return ReferenceLSTMFunction.apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse)
+    return direction.run_direction(
+        RECURRENCE, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+    )

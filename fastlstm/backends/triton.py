@@ -1,23 +1,21 @@
-"""Triton backend: the fused recurrence kernels of ``fastlstm.kernels`` behind the seam."""
+"""Triton backend: the fused recurrence kernels of ``fastlstm.kernels`` under the shared glue.
+
+Whether the kernels can serve a call is decided in ``fastlstm.backends.select_backend`` (which
+asks ``fastlstm.kernels.unsupported_reason``); this module only runs them.
+"""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from fastlstm.kernels import lstm_direction
-from fastlstm.kernels import unsupported_reason as _kernel_unsupported_reason
+from fastlstm import direction, kernels
 
-__all__ = ["run_direction", "unsupported_reason"]
+__all__ = ["RECURRENCE", "run_direction"]
 
-
-def unsupported_reason(
-    device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int
-) -> str | None:
-    """None when the kernels can run this request, else a human-readable reason."""
-    return _kernel_unsupported_reason(
-        device=device, dtype=dtype, hidden_size=hidden_size, proj_size=proj_size
-    )
+# The kernels' recurrence pair; fastlstm.kernels picks the kernel design inside it.
+RECURRENCE = direction.Recurrence(
+    "triton", kernels.lstm_recurrence_forward, kernels.lstm_recurrence_backward
+)
 
 
 def run_direction(
@@ -31,6 +29,13 @@ def run_direction(
     c0: Tensor,
     lengths: Tensor | None,
     reverse: bool,
+    lengths_host: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One direction of one layer with the fused Triton kernels (the backend seam)."""
-    return lstm_direction(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse)
+    """One direction of one layer with the fused Triton kernels (the backend seam).
+
+    Arguments as :func:`fastlstm.backends.reference.run_direction`, already checked by
+    ``fastlstm.functional``; ``fastlstm.kernels.lstm_direction`` is the checked public form.
+    """
+    return direction.run_direction(
+        RECURRENCE, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+    )
