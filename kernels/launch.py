@@ -8,6 +8,7 @@ the ``auto`` backend selection uses to fall back.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +17,16 @@ import torch
 from fastlstm.runtime import triton_interpreting as interpreting
 
 __all__ = [
+    "DESIGNS",
+    "DESIGN_ENV",
     "MAX_HIDDEN",
     "SUPPORTED_DTYPES",
     "KernelBuild",
     "RecurrenceConfig",
+    "choose_design",
+    "design_step_us",
     "dot_precision",
+    "forced_design",
     "interpreting",
     "launch",
     "recurrence_config",
@@ -171,3 +177,131 @@ def unsupported_reason(
         if dtype == torch.bfloat16 and major < 8:
             return f"bfloat16 needs compute capability >= 8.0, this GPU is {major}.{minor}"
     return None
+
+
+# The kernel designs behind the "triton" backend (docs/kernels.md, "Choosing a design"):
+# batch-tiled (kernels/lstm.py), weight-stationary persistent and one-launch-per-step
+# (kernels/persistent.py).
+DESIGNS = ("batch", "persistent", "step")
+DESIGN_ENV = "FASTLSTM_TRITON_DESIGN"
+
+# Latency model constants (H200 class GPU; docs/kernels.md derives them). Per-SM L2->SM
+# bandwidth bounds the batch-tiled design, which streams all of W_hh through each program
+# on every step; the other terms are fixed costs per step.
+_L2_BYTES_PER_US_PER_SM = 65e3  # ~65 GB/s per SM sustained for a dependent stream
+_BATCH_FIXED_US = 1.5  # CTA barriers, loop overheads, h/c state round trips per step
+_PERSISTENT_FIXED_US = 2.0  # grid barrier (an L2 atomic round trip, polling) + cell
+_PERSISTENT_H_BYTES_PER_US = 64e3  # each program reads all of h_{t-1} from L2 per step
+_STEP_LAUNCH_US = 5.0  # one kernel launch per step (two with a projection), no graph
+_BLOCK_B = 16  # rows per program of the batch-tiled design at the benchmark batches
+_H200_SMS = 132
+
+
+def forced_design() -> str | None:
+    """The design ``FASTLSTM_TRITON_DESIGN`` forces (``batch``, ``persistent``, ``step``),
+    or None when it is unset or empty (then :func:`choose_design`'s rule decides).
+
+    Read at every call, so a benchmark can flip it between calls.
+
+    Raises:
+        ValueError: any other value.
+    """
+    value = os.environ.get(DESIGN_ENV, "").strip()
+    if not value:
+        return None
+    if value not in DESIGNS:
+        raise ValueError(
+            f"{DESIGN_ENV}={value!r} is not a kernel design: use one of "
+            f"{', '.join(DESIGNS)}, or leave it unset for the selection rule"
+        )
+    return value
+
+
+def design_step_us(design: str, dtype: torch.dtype, batch: int, hidden: int, proj: int) -> float:
+    """Modelled forward time per step in microseconds on an H200 (docs/kernels.md).
+
+    - ``batch``: ``ceil(B/16)`` programs, each streaming ``4H*P`` (+ ``P*H``) weight
+      elements from L2 every step at one SM's bandwidth, plus fixed per-step costs; waves
+      when there are more programs than SMs.
+    - ``persistent``: the weight slice stays on chip; per step each program reads all of
+      ``h_{t-1}`` (``16*P`` elements) and meets the others at a grid barrier (two with a
+      projection).
+    - ``step``: the persistent step's work plus a kernel launch per barrier, and the weight
+      slice reloaded from L2 every step (small: ``4*BLOCK_HS*P`` elements).
+    """
+    elem = torch.empty((), dtype=dtype).element_size()
+    P = proj or hidden
+    weights = (4 * hidden * P + (P * hidden if proj else 0)) * elem
+    barriers = 2 if proj else 1
+    h_read = _BLOCK_B * P * elem / _PERSISTENT_H_BYTES_PER_US
+    if design == "batch":
+        programs = (batch + _BLOCK_B - 1) // _BLOCK_B
+        waves = (programs + _H200_SMS - 1) // _H200_SMS
+        return waves * (_BATCH_FIXED_US * barriers + weights / _L2_BYTES_PER_US_PER_SM)
+    if design == "persistent":
+        return barriers * _PERSISTENT_FIXED_US + h_read
+    if design == "step":
+        return barriers * (_STEP_LAUNCH_US + 0.5) + h_read
+    raise ValueError(f"unknown design {design!r} (expected one of {', '.join(DESIGNS)})")
+
+
+def design_unsupported_reason(
+    design: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    hidden: int,
+    proj: int,
+) -> str | None:
+    """None when ``design`` can serve this call, else why not."""
+    if design == "batch":
+        return unsupported_reason(device, dtype, hidden, proj)
+    # Imported here: kernels/persistent.py imports this module.
+    from .persistent import persistent_unsupported_reason
+
+    return persistent_unsupported_reason(design, device, dtype, batch, hidden, proj)
+
+
+def choose_design(
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    hidden: int,
+    proj: int,
+    has_lengths: bool,
+) -> tuple[str, str]:
+    """``(design, reason)`` for one call: the forced design, else the rule.
+
+    The rule (docs/kernels.md): under the interpreter ``batch`` (programs run one after
+    another there, so no design is faster, and the batch-tiled kernels are the reference
+    design the tests exercise most); on a GPU, among the designs that can serve the call,
+    the one with the smallest modelled time per step (:func:`design_step_us`), ties going to
+    ``batch``, then ``persistent``. Lengths do not change the choice: every design loops to
+    the longest sequence of its batch tile and skips finished rows alike.
+
+    Raises:
+        ValueError: ``FASTLSTM_TRITON_DESIGN`` holds an unknown value.
+        RuntimeError: the forced design cannot serve this call (the message says why).
+    """
+    del has_lengths  # part of the contract; see the docstring
+    device = torch.device(device)
+    forced = forced_design()
+    if forced is not None:
+        reason = design_unsupported_reason(forced, device, dtype, batch, hidden, proj)
+        if reason is not None:
+            raise RuntimeError(
+                f"{DESIGN_ENV}={forced} forces the {forced!r} kernel design, which cannot run "
+                f"this call: {reason}"
+            )
+        return forced, f"forced by {DESIGN_ENV}={forced}"
+    if device.type != "cuda":
+        return "batch", "the interpreter runs programs one at a time: batch-tiled kernels"
+    times = {}
+    for design in DESIGNS:
+        if design_unsupported_reason(design, device, dtype, batch, hidden, proj) is None:
+            times[design] = design_step_us(design, dtype, batch, hidden, proj)
+    if not times:
+        return "batch", "no design can serve this call (the launcher reports why)"
+    best = min(times, key=lambda d: (times[d], DESIGNS.index(d)))
+    modelled = ", ".join(f"{d} {t:.1f}" for d, t in times.items())
+    return best, f"smallest modelled us/step ({modelled})"

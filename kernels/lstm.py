@@ -25,6 +25,8 @@ zero-fills the remaining positions (store-only).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -32,13 +34,24 @@ from torch import Tensor
 
 from fastlstm import direction
 
-from .launch import dot_precision, recurrence_config, unsupported_reason
+from .launch import (
+    KernelBuild,
+    RecurrenceConfig,
+    choose_design,
+    dot_precision,
+    launch,
+    recurrence_config,
+    unsupported_reason,
+)
 
 __all__ = [
+    "batch_backward",
+    "batch_forward",
     "can_serve",
     "lstm_direction",
     "lstm_recurrence_backward",
     "lstm_recurrence_forward",
+    "resource_cases",
 ]
 
 
@@ -53,14 +66,63 @@ def _tanh(x):
     return 2.0 * _sigmoid(2.0 * x) - 1.0
 
 
+@triton.jit
+def _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS: tl.constexpr):
+    """[BB] int64 valid length of each row of the tile; 0 for rows past the batch."""
+    if HAS_LENGTHS:
+        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
+    else:
+        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    return b_len
+
+
+@triton.jit
+def _positions(b_len, m_valid, s, REVERSE: tl.constexpr):
+    """[BB] sequence position each row works on at step ``s``: ``s``, or ``len - 1 - s``
+    backwards, so a reversed row starts at its own last valid step."""
+    if REVERSE:  # noqa: SIM108 (a constexpr branch, not a runtime select)
+        o_t = tl.where(m_valid, b_len - 1 - s, s)
+    else:
+        o_t = tl.zeros_like(b_len) + s
+    return o_t
+
+
+@triton.jit
+def _copy_rows(src, dst, o_b, m_b, N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``dst[b, :N] = src[b, :N]`` for the tile's rows, cast to ``dst``'s type: the state into
+    the fp32 scratch before the time loop, and the scratch into the outputs after it."""
+    for j in range(0, (N + BLOCK_N - 1) // BLOCK_N):
+        o_n = j * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+        m = m_b[:, None] & (o_n < N)[None, :]
+        b_v = tl.load(src + o_b[:, None] * N + o_n[None, :], mask=m, other=0.0)
+        tl.store(dst + o_b[:, None] * N + o_n[None, :], b_v.to(dst.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _zero_rows(dst, o_row, m_b, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``dst[row, :N] = 0`` for the tile's rows at one position (``o_row = position*B + b``):
+    the positions past the longest sequence of a tile, which the time loop never visits."""
+    for j in range(0, (N + BLOCK_N - 1) // BLOCK_N):
+        o_n = j * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+        m = m_b[:, None] & (o_n < N)[None, :]
+        zero = tl.zeros([BLOCK_B, BLOCK_N], dtype=dst.dtype.element_ty)
+        tl.store(dst + o_row[:, None] * N + o_n[None, :], zero, mask=m)
+
+
+@triton.heuristics(
+    {
+        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
+        "HAS_PROJ": lambda args: args["w_hr"] is not None,
+    }
+)
 @triton.jit(do_not_specialize=["T", "B"])
 def _lstm_fwd_kernel(
     xp,  # [T, B, 4H] input projection with biases (x dtype)
     w_hh,  # [4H, P] recurrent weight
-    w_hr,  # [P, H] projection weight (unused unless HAS_PROJ)
+    w_hr,  # [P, H] projection weight, or None
     h0,  # [B, P] initial hidden state
     c0,  # [B, H] initial cell state
-    lengths,  # [B] int64 valid lengths (unused unless HAS_LENGTHS)
+    lengths,  # [B] int64 valid lengths, or None (all T)
     out,  # [T, B, P] output h per position, zero past each length
     h_n,  # [B, P] h at each sequence's last valid step
     c_n,  # [B, H] c at each sequence's last valid step
@@ -68,42 +130,30 @@ def _lstm_fwd_kernel(
     cs,  # [T, B, H] fp32 cell state after each step, saved for backward
     h_state,  # [2, B, P] fp32 scratch: h of the previous / current step
     c_state,  # [B, H] fp32 scratch: c
-    r_state,  # [B, H] fp32 scratch: o * tanh(c) before the projection (HAS_PROJ)
+    r_state,  # [B, H] fp32 scratch: o * tanh(c) before the projection, or None
     T,
     B,
     H: tl.constexpr,
     P: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr,
-    HAS_PROJ: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
     m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
-    else:
-        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
     n_steps = tl.max(b_len, 0)
     w_dtype = w_hh.dtype.element_ty
     NH: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     NP: tl.constexpr = (P + BLOCK_K - 1) // BLOCK_K
-    NG: tl.constexpr = (4 * H + BLOCK_H - 1) // BLOCK_H
 
-    for j in range(0, NP):
-        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
-        m = m_b[:, None] & (o_p < P)[None, :]
-        b_h = tl.load(h0 + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
-        tl.store(h_state + o_b[:, None] * P + o_p[None, :], b_h.to(tl.float32), mask=m)
-    for j in range(0, NH):
-        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
-        m = m_b[:, None] & (o_h < H)[None, :]
-        b_c = tl.load(c0 + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
-        tl.store(c_state + o_b[:, None] * H + o_h[None, :], b_c.to(tl.float32), mask=m)
+    _copy_rows(h0, h_state, o_b, m_b, P, BLOCK_K)
+    _copy_rows(c0, c_state, o_b, m_b, H, BLOCK_H)
     tl.debug_barrier()
 
     for s in range(0, n_steps):
@@ -111,11 +161,7 @@ def _lstm_fwd_kernel(
         p_h_nxt = h_state + ((s + 1) % 2) * B * P
         m_valid = m_b & (s < b_len)  # [BB]
         mv = m_valid[:, None]
-        if REVERSE:  # noqa: SIM108 (a constexpr branch, not a runtime select)
-            o_t = tl.where(m_valid, b_len - 1 - s, s)
-        else:
-            o_t = tl.zeros_like(b_len) + s
-        o_row = o_t * B + o_b  # [BB] row index into [T, B, *] tensors
+        o_row = _positions(b_len, m_valid, s, REVERSE) * B + o_b  # [BB] row of [T, B, *]
 
         for j in range(0, NH):
             o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
@@ -209,106 +255,72 @@ def _lstm_fwd_kernel(
         tl.debug_barrier()
 
     # Finished rows kept their state, so the buffers now hold each row's last valid step.
-    p_h_fin = h_state + (n_steps % 2) * B * P
-    for j in range(0, NP):
-        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
-        m = m_b[:, None] & (o_p < P)[None, :]
-        b_h = tl.load(p_h_fin + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
-        tl.store(h_n + o_b[:, None] * P + o_p[None, :], b_h.to(h_n.dtype.element_ty), mask=m)
-    for j in range(0, NH):
-        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
-        m = m_b[:, None] & (o_h < H)[None, :]
-        b_c = tl.load(c_state + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
-        tl.store(c_n + o_b[:, None] * H + o_h[None, :], b_c.to(c_n.dtype.element_ty), mask=m)
-
-    # Positions past the longest sequence of the tile: padding, never visited by the loop.
+    _copy_rows(h_state + (n_steps % 2) * B * P, h_n, o_b, m_b, P, BLOCK_K)
+    _copy_rows(c_state, c_n, o_b, m_b, H, BLOCK_H)
     for s in range(n_steps, T):
         o_row = s * B + o_b  # [BB]
-        for j in range(0, NP):
-            o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
-            m = m_b[:, None] & (o_p < P)[None, :]
-            zero = tl.zeros([BLOCK_B, BLOCK_K], dtype=out.dtype.element_ty)
-            tl.store(out + o_row[:, None] * P + o_p[None, :], zero, mask=m)
-        for j in range(0, NH):
-            o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
-            m = m_b[:, None] & (o_h < H)[None, :]
-            tl.store(
-                cs + o_row[:, None] * H + o_h[None, :],
-                tl.zeros([BLOCK_B, BLOCK_H], tl.float32),
-                mask=m,
-            )
-        for j in range(0, NG):
-            o_g = j * BLOCK_H + tl.arange(0, BLOCK_H)
-            m = m_b[:, None] & (o_g < 4 * H)[None, :]
-            p_gt = gates + o_row[:, None] * (4 * H) + o_g[None, :]
-            tl.store(p_gt, tl.zeros([BLOCK_B, BLOCK_H], tl.float32), mask=m)
+        _zero_rows(out, o_row, m_b, P, BLOCK_B, BLOCK_K)
+        _zero_rows(cs, o_row, m_b, H, BLOCK_B, BLOCK_H)
+        _zero_rows(gates, o_row, m_b, 4 * H, BLOCK_B, BLOCK_H)
 
 
+@triton.heuristics(
+    {
+        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
+        "HAS_PROJ": lambda args: args["w_hr"] is not None,
+    }
+)
 @triton.jit(do_not_specialize=["T", "B"])
 def _lstm_bwd_kernel(
     d_out,  # [T, B, P] gradient w.r.t. out
     d_hn,  # [B, P] gradient w.r.t. h_n
     d_cn,  # [B, H] gradient w.r.t. c_n
     w_hh,  # [4H, P]
-    w_hr,  # [P, H] (unused unless HAS_PROJ)
+    w_hr,  # [P, H], or None
     c0,  # [B, H]
     gates,  # [T, B, 4H] fp32 saved activations i, f, g, o
     cs,  # [T, B, H] fp32 saved cell states
-    lengths,  # [B] int64 (unused unless HAS_LENGTHS)
+    lengths,  # [B] int64, or None (all T)
     d_xp,  # [T, B, 4H] fp32 gradient w.r.t. the gate pre-activations
     d_h0,  # [B, P] fp32
     d_c0,  # [B, H] fp32
-    d_hs,  # [T, B, P] fp32 total gradient reaching each projected h (HAS_PROJ)
+    d_hs,  # [T, B, P] fp32 total gradient reaching each projected h, or None
     dh_state,  # [B, P] fp32 scratch: gradient reaching h from the later steps
     dc_state,  # [B, H] fp32 scratch: gradient reaching c from the later steps
-    dh_tot,  # [B, P] fp32 scratch: dh_state + d_out of this step (HAS_PROJ)
+    dh_tot,  # [B, P] fp32 scratch: dh_state + d_out of this step, or None
     T,
     B,
     H: tl.constexpr,
     P: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr,
-    HAS_PROJ: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
     m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
-    else:
-        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
     n_steps = tl.max(b_len, 0)
     w_dtype = w_hh.dtype.element_ty
     NH: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     NP: tl.constexpr = (P + BLOCK_K - 1) // BLOCK_K
     NG: tl.constexpr = (4 * H + BLOCK_H - 1) // BLOCK_H
 
-    for j in range(0, NP):
-        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
-        m = m_b[:, None] & (o_p < P)[None, :]
-        b_dh = tl.load(d_hn + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
-        tl.store(dh_state + o_b[:, None] * P + o_p[None, :], b_dh.to(tl.float32), mask=m)
-    for j in range(0, NH):
-        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
-        m = m_b[:, None] & (o_h < H)[None, :]
-        b_dc = tl.load(d_cn + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
-        tl.store(dc_state + o_b[:, None] * H + o_h[None, :], b_dc.to(tl.float32), mask=m)
+    _copy_rows(d_hn, dh_state, o_b, m_b, P, BLOCK_K)
+    _copy_rows(d_cn, dc_state, o_b, m_b, H, BLOCK_H)
     tl.debug_barrier()
 
     for i in range(0, n_steps):
         s = n_steps - 1 - i
         m_valid = m_b & (s < b_len)  # [BB]
         mv = m_valid[:, None]
-        if REVERSE:
-            o_t = tl.where(m_valid, b_len - 1 - s, s)
-            o_prev = o_t + 1  # the position processed one step earlier
-        else:
-            o_t = tl.zeros_like(b_len) + s
-            o_prev = o_t - 1
+        o_t = _positions(b_len, m_valid, s, REVERSE)  # [BB]
+        # The position processed one step earlier holds c_{t-1}.
+        o_prev = o_t + 1 if REVERSE else o_t - 1
         o_row = o_t * B + o_b  # [BB]
         o_row_prev = o_prev * B + o_b
         s_vec = tl.zeros_like(b_len) + s  # [BB]
@@ -405,36 +417,13 @@ def _lstm_bwd_kernel(
             tl.store(p_dh, tl.where(mv, acc, b_dh_old), mask=m_bp)
         tl.debug_barrier()
 
-    for j in range(0, NP):
-        o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
-        m = m_b[:, None] & (o_p < P)[None, :]
-        b_dh = tl.load(dh_state + o_b[:, None] * P + o_p[None, :], mask=m, other=0.0)
-        tl.store(d_h0 + o_b[:, None] * P + o_p[None, :], b_dh, mask=m)
-    for j in range(0, NH):
-        o_h = j * BLOCK_H + tl.arange(0, BLOCK_H)
-        m = m_b[:, None] & (o_h < H)[None, :]
-        b_dc = tl.load(dc_state + o_b[:, None] * H + o_h[None, :], mask=m, other=0.0)
-        tl.store(d_c0 + o_b[:, None] * H + o_h[None, :], b_dc, mask=m)
-
+    _copy_rows(dh_state, d_h0, o_b, m_b, P, BLOCK_K)
+    _copy_rows(dc_state, d_c0, o_b, m_b, H, BLOCK_H)
     for s in range(n_steps, T):
         o_row = s * B + o_b  # [BB]
-        for j in range(0, NG):
-            o_g = j * BLOCK_H + tl.arange(0, BLOCK_H)
-            m = m_b[:, None] & (o_g < 4 * H)[None, :]
-            tl.store(
-                d_xp + o_row[:, None] * (4 * H) + o_g[None, :],
-                tl.zeros([BLOCK_B, BLOCK_H], tl.float32),
-                mask=m,
-            )
+        _zero_rows(d_xp, o_row, m_b, 4 * H, BLOCK_B, BLOCK_H)
         if HAS_PROJ:
-            for j in range(0, NP):
-                o_p = j * BLOCK_K + tl.arange(0, BLOCK_K)
-                m = m_b[:, None] & (o_p < P)[None, :]
-                tl.store(
-                    d_hs + o_row[:, None] * P + o_p[None, :],
-                    tl.zeros([BLOCK_B, BLOCK_K], tl.float32),
-                    mask=m,
-                )
+            _zero_rows(d_hs, o_row, m_b, P, BLOCK_B, BLOCK_K)
 
 
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -442,13 +431,125 @@ def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
-def _launch(kernel, grid, cfg, device: torch.device, *args, **kwargs) -> None:
-    kwargs.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[grid](*args, **kwargs)
-    else:
-        kernel[grid](*args, **kwargs)
+def _kernel_options(
+    cfg: RecurrenceConfig, hidden: int, proj: int, reverse: bool, dtype: torch.dtype
+) -> dict:
+    """The constexprs and launch options both batch-tiled kernels take for one call; the
+    launchers and :func:`resource_cases` share it, so the compiled builds are the launched
+    ones. ``HAS_LENGTHS``/``HAS_PROJ`` come from the arguments (``@triton.heuristics``)."""
+    return dict(
+        H=hidden,
+        P=proj or hidden,
+        REVERSE=bool(reverse),
+        BLOCK_B=cfg.block_b,
+        BLOCK_H=cfg.block_h,
+        BLOCK_K=cfg.block_k,
+        DOT_PRECISION=dot_precision(dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def batch_forward(
+    xp: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The batch-tiled design's forward: the whole time loop in one launch (no autograd).
+
+    Same contract as :func:`lstm_recurrence_forward`, which dispatches here for
+    ``design == "batch"``.
+    """
+    T, B, G = xp.shape
+    H, P = G // 4, w_hh.shape[1]
+    dev, f32 = xp.device, torch.float32
+    cfg = recurrence_config(B, H, P, w_hh.dtype)
+    has_proj = w_hr is not None
+    out = _empty(T, B, P, dtype=xp.dtype, device=dev)
+    h_n = _empty(B, P, dtype=h0.dtype, device=dev)
+    c_n = _empty(B, H, dtype=c0.dtype, device=dev)
+    gates = _empty(T, B, G, dtype=f32, device=dev)
+    cs = _empty(T, B, H, dtype=f32, device=dev)
+    launch(
+        _lstm_fwd_kernel,
+        (triton.cdiv(B, cfg.block_b),),
+        device=dev,
+        xp=xp.contiguous(),
+        w_hh=w_hh.contiguous(),
+        w_hr=w_hr.to(w_hh.dtype).contiguous() if has_proj else None,
+        h0=h0.contiguous(),
+        c0=c0.contiguous(),
+        lengths=None if lengths is None else lengths.contiguous(),
+        out=out,
+        h_n=h_n,
+        c_n=c_n,
+        gates=gates,
+        cs=cs,
+        h_state=_empty(2, B, P, dtype=f32, device=dev),
+        c_state=_empty(B, H, dtype=f32, device=dev),
+        r_state=_empty(B, H, dtype=f32, device=dev) if has_proj else None,
+        T=T,
+        B=B,
+        **_kernel_options(cfg, H, P if has_proj else 0, reverse, w_hh.dtype),
+    )
+    return out, h_n, c_n, gates, cs
+
+
+def batch_backward(
+    d_out: Tensor,
+    d_hn: Tensor,
+    d_cn: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    c0: Tensor,
+    gates: Tensor,
+    cs: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The batch-tiled design's backward through time in one launch.
+
+    Same contract as :func:`lstm_recurrence_backward`, which dispatches here for
+    ``design == "batch"``.
+    """
+    T, B, G = gates.shape
+    H, P = G // 4, w_hh.shape[1]
+    dev, f32 = gates.device, torch.float32
+    cfg = recurrence_config(B, H, P, w_hh.dtype)
+    has_proj = w_hr is not None
+    d_xp = _empty(T, B, G, dtype=f32, device=dev)
+    d_h0 = _empty(B, P, dtype=f32, device=dev)
+    d_c0 = _empty(B, H, dtype=f32, device=dev)
+    d_hs = _empty(T, B, P, dtype=f32, device=dev) if has_proj else None
+    launch(
+        _lstm_bwd_kernel,
+        (triton.cdiv(B, cfg.block_b),),
+        device=dev,
+        d_out=d_out.contiguous(),
+        d_hn=d_hn.contiguous(),
+        d_cn=d_cn.contiguous(),
+        w_hh=w_hh.contiguous(),
+        w_hr=w_hr.to(w_hh.dtype).contiguous() if has_proj else None,
+        c0=c0.contiguous(),
+        gates=gates.contiguous(),
+        cs=cs.contiguous(),
+        lengths=None if lengths is None else lengths.contiguous(),
+        d_xp=d_xp,
+        d_h0=d_h0,
+        d_c0=d_c0,
+        d_hs=d_hs,
+        dh_state=_empty(B, P, dtype=f32, device=dev),
+        dc_state=_empty(B, H, dtype=f32, device=dev),
+        dh_tot=_empty(B, P, dtype=f32, device=dev) if has_proj else None,
+        T=T,
+        B=B,
+        **_kernel_options(cfg, H, P if has_proj else 0, reverse, w_hh.dtype),
+    )
+    return d_xp, d_h0, d_c0, d_hs
 
 
 def lstm_recurrence_forward(
@@ -460,9 +561,11 @@ def lstm_recurrence_forward(
     lengths: Tensor | None,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Run the recurrence over a precomputed input projection in one launch (no autograd).
+    """Run the recurrence over a precomputed input projection (no autograd).
 
-    Same contract as ``fastlstm.backends.reference.recurrence_forward``.
+    Same contract as ``fastlstm.backends.reference.recurrence_forward``. The kernel design
+    (batch-tiled, persistent or one launch per step) is :func:`choose_design`'s, which
+    ``FASTLSTM_TRITON_DESIGN`` can force.
 
     Args:
         xp: ``[T, B, 4H]`` input projection with both biases added.
@@ -475,55 +578,19 @@ def lstm_recurrence_forward(
         ``out [T, B, P]`` (dtype of ``xp``, zero past each length), ``h_n [B, P]``,
         ``c_n [B, H]``, and for backward ``gates [T, B, 4H]`` (activations i, f, g, o) and
         ``cs [T, B, H]`` (cell state after each step), both fp32, at sequence positions and
-        zero at padded positions.
+        zero at padded positions. Every design saves this same layout, so a backward may
+        run on another design than its forward (if ``FASTLSTM_TRITON_DESIGN`` changed).
+
+    Raises:
+        ValueError: ``FASTLSTM_TRITON_DESIGN`` is not a design name.
+        RuntimeError: the forced design cannot serve this call.
     """
-    T, B, G = xp.shape
-    H, P = G // 4, w_hh.shape[1]
-    dev, f32 = xp.device, torch.float32
-    cfg = recurrence_config(B, H, P, w_hh.dtype)
-    out = _empty(T, B, P, dtype=xp.dtype, device=dev)
-    h_n = _empty(B, P, dtype=h0.dtype, device=dev)
-    c_n = _empty(B, H, dtype=c0.dtype, device=dev)
-    gates = _empty(T, B, G, dtype=f32, device=dev)
-    cs = _empty(T, B, H, dtype=f32, device=dev)
-    h_state = _empty(2, B, P, dtype=f32, device=dev)
-    c_state = _empty(B, H, dtype=f32, device=dev)
-    r_state = _empty(B, H, dtype=f32, device=dev) if w_hr is not None else c_state
-    w_hh = w_hh.contiguous()
-    w_hr = w_hh if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
-    grid = (triton.cdiv(B, cfg.block_b),)
-    _launch(
-        _lstm_fwd_kernel,
-        grid,
-        cfg,
-        dev,
-        xp.contiguous(),
-        w_hh,
-        w_hr,
-        h0.contiguous(),
-        c0.contiguous(),
-        xp if lengths is None else lengths.contiguous(),
-        out,
-        h_n,
-        c_n,
-        gates,
-        cs,
-        h_state,
-        c_state,
-        r_state,
-        T,
-        B,
-        H=H,
-        P=P,
-        HAS_LENGTHS=lengths is not None,
-        REVERSE=bool(reverse),
-        HAS_PROJ=w_hr is not w_hh,
-        BLOCK_B=cfg.block_b,
-        BLOCK_H=cfg.block_h,
-        BLOCK_K=cfg.block_k,
-        DOT_PRECISION=dot_precision(w_hh.dtype),
-    )
-    return out, h_n, c_n, gates, cs
+    design = _design(xp.device, w_hh, w_hr, xp.shape[1], lengths)
+    if design == "batch":
+        return batch_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+    from .persistent import persistent_forward
+
+    return persistent_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse, design=design)
 
 
 def lstm_recurrence_backward(
@@ -538,62 +605,117 @@ def lstm_recurrence_backward(
     lengths: Tensor | None,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Backpropagation through time in one launch over the saved ``gates`` and ``cs``.
+    """Backpropagation through time over the saved ``gates`` and ``cs``.
 
     Same contract as ``fastlstm.backends.reference.recurrence_backward``: returns
     ``d_xp [T, B, 4H]`` (zero past each length), ``d_h0 [B, P]``, ``d_c0 [B, H]`` and, with a
     projection, ``d_hs [T, B, P]`` (the total gradient reaching each step's projected h, for
-    ``dW_hr``), else None; all fp32.
+    ``dW_hr``), else None; all fp32. The design is chosen from the same inputs as the
+    forward's, so both passes run the same design.
     """
-    T, B, G = gates.shape
-    H, P = G // 4, w_hh.shape[1]
-    dev, f32 = gates.device, torch.float32
-    cfg = recurrence_config(B, H, P, w_hh.dtype)
-    d_xp = _empty(T, B, G, dtype=f32, device=dev)
-    d_h0 = _empty(B, P, dtype=f32, device=dev)
-    d_c0 = _empty(B, H, dtype=f32, device=dev)
-    dh_state = _empty(B, P, dtype=f32, device=dev)
-    dc_state = _empty(B, H, dtype=f32, device=dev)
-    has_proj = w_hr is not None
-    d_hs = _empty(T, B, P, dtype=f32, device=dev) if has_proj else None
-    dh_tot = _empty(B, P, dtype=f32, device=dev) if has_proj else dh_state
-    w_hh = w_hh.contiguous()
-    w_hr = w_hh if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
-    grid = (triton.cdiv(B, cfg.block_b),)
-    _launch(
-        _lstm_bwd_kernel,
-        grid,
-        cfg,
-        dev,
-        d_out.contiguous(),
-        d_hn.contiguous(),
-        d_cn.contiguous(),
-        w_hh,
-        w_hr,
-        c0.contiguous(),
-        gates.contiguous(),
-        cs.contiguous(),
-        gates if lengths is None else lengths.contiguous(),
-        d_xp,
-        d_h0,
-        d_c0,
-        d_xp if d_hs is None else d_hs,
-        dh_state,
-        dc_state,
-        dh_tot,
-        T,
-        B,
-        H=H,
-        P=P,
-        HAS_LENGTHS=lengths is not None,
-        REVERSE=bool(reverse),
-        HAS_PROJ=has_proj,
-        BLOCK_B=cfg.block_b,
-        BLOCK_H=cfg.block_h,
-        BLOCK_K=cfg.block_k,
-        DOT_PRECISION=dot_precision(w_hh.dtype),
+    design = _design(gates.device, w_hh, w_hr, gates.shape[1], lengths)
+    if design == "batch":
+        return batch_backward(d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse)
+    from .persistent import persistent_backward
+
+    return persistent_backward(
+        d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse, design=design
     )
-    return d_xp, d_h0, d_c0, d_hs
+
+
+def _design(device, w_hh: Tensor, w_hr: Tensor | None, batch: int, lengths) -> str:
+    proj = 0 if w_hr is None else w_hr.shape[0]
+    hidden = w_hh.shape[0] // 4
+    design, _ = choose_design(device, w_hh.dtype, batch, hidden, proj, lengths is not None)
+    return design
+
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# Pointer arguments in the weights'/inputs' dtype; every other pointer is fp32 (or int64
+# lengths); the optional ones are None pointers without a projection.
+_WEIGHT_DTYPE_ARGS = ("xp", "w_hh", "w_hr", "h0", "c0", "out", "h_n", "c_n", "d_out")
+_WEIGHT_DTYPE_ARGS += ("d_hn", "d_cn")
+_NONE_WITHOUT_PROJ = ("w_hr", "r_state", "d_hs", "dh_tot")
+_KERNELS = (("batch_fwd", _lstm_fwd_kernel), ("batch_bwd", _lstm_bwd_kernel))
+
+
+def _build(name, kernel, dtype: str, constexprs: dict, options: dict, fields: dict):
+    """A :class:`KernelBuild` for one batch-tiled kernel: every argument that is not a
+    constexpr gets its Triton type, the optional pointers left out become None."""
+    fn = kernel.fn  # unwrap @triton.heuristics: its outputs are in constexprs
+    cx = dict(constexprs)
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in cx:
+            continue
+        if arg in ("T", "B"):
+            signature[arg] = "i32"
+        elif arg == "lengths":
+            if cx["HAS_LENGTHS"]:
+                signature[arg] = "*i64"
+            else:
+                cx[arg] = None
+        elif arg in _NONE_WITHOUT_PROJ and not cx["HAS_PROJ"]:
+            cx[arg] = None
+        elif arg in _WEIGHT_DTYPE_ARGS:
+            signature[arg] = "*" + dtype
+        else:
+            signature[arg] = "*fp32"
+    return KernelBuild(
+        name=name,
+        kernel=fn,
+        signature=signature,
+        constexprs=cx,
+        num_warps=options["num_warps"],
+        num_stages=options["num_stages"],
+        dtype=dtype,
+        hidden=cx["H"],
+        fields=fields,
+    )
+
+
+def resource_cases(
+    hiddens: tuple[int, ...] = (64, 128, 256, 512, 1024),
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16),
+    batch: int = 64,
+    variants: tuple[tuple[bool, bool], ...] = (
+        (False, False),
+        (True, False),
+        (False, True),
+        (True, True),
+    ),
+) -> list[KernelBuild]:
+    """Both batch-tiled kernels at every launch setting the launchers pick for ``batch``.
+
+    ``variants`` are ``(lengths, projection)`` pairs (``proj_size = H // 2``); fp32 appears
+    twice, with TF32 dots (``torch.backends.cudnn.allow_tf32``, the default) and exact ones.
+    ``benchmarks/kernel_resources.py`` compiles them for sm_90.
+    """
+    builds = []
+    for hidden in hiddens:
+        for dtype in dtypes:
+            precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
+            for (has_lengths, has_proj), precision in itertools.product(variants, precisions):
+                proj = hidden // 2 if has_proj else 0
+                cfg = recurrence_config(batch, hidden, proj or hidden, dtype)
+                options = _kernel_options(cfg, hidden, proj, False, dtype)
+                constexprs = {k: v for k, v in options.items() if not k.startswith("num_")}
+                constexprs.update(
+                    DOT_PRECISION=precision, HAS_LENGTHS=has_lengths, HAS_PROJ=has_proj
+                )
+                fields = {
+                    "B": batch,
+                    "lengths": int(has_lengths),
+                    "proj": proj,
+                    "precision": precision,
+                    "tiles": f"{cfg.block_b}x{cfg.block_h}x{cfg.block_k}",
+                    "warps": cfg.num_warps,
+                    "design": "batch",
+                }
+                t = _TRITON_DTYPES[dtype]
+                for name, kernel in _KERNELS:
+                    builds.append(_build(name, kernel, t, constexprs, options, fields))
+    return builds
 
 
 def can_serve(x: Tensor, w_hh: Tensor, w_hr: Tensor | None = None) -> str | None:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastlstm.kernels import lstm_direction, recurrence_config, unsupported_reason
-from fastlstm.kernels.launch import dot_precision
+from fastlstm.kernels import launch, lstm, lstm_direction, recurrence_config, unsupported_reason
+from fastlstm.kernels.launch import (
+    DESIGN_ENV,
+    choose_design,
+    design_step_us,
+    dot_precision,
+    forced_design,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -105,3 +111,73 @@ def test_unservable_request_raises_runtime_error():
     args = {name: t.double() for name, t in _args().items()}
     with pytest.raises(RuntimeError, match="float64"):
         lstm_direction(**args)
+
+
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_empty_design_variable_means_the_rule(value, monkeypatch):
+    monkeypatch.setenv(DESIGN_ENV, value)
+    assert forced_design() is None
+
+
+def test_design_variable_is_read_at_every_call(monkeypatch):
+    monkeypatch.setenv(DESIGN_ENV, "step")
+    assert forced_design() == "step"
+    monkeypatch.setenv(DESIGN_ENV, "batch")
+    assert forced_design() == "batch"
+    monkeypatch.delenv(DESIGN_ENV)
+    assert forced_design() is None
+
+
+def test_unknown_design_raises_value_error(monkeypatch):
+    monkeypatch.setenv(DESIGN_ENV, "warp")
+    with pytest.raises(ValueError, match=r"FASTLSTM_TRITON_DESIGN='warp'.*batch, persistent, step"):
+        lstm_direction(**_args())
+
+
+@pytest.mark.parametrize("design", ["batch", "persistent", "step"])
+def test_forced_design_that_cannot_serve_says_why(design, monkeypatch):
+    monkeypatch.setenv(DESIGN_ENV, design)
+    with pytest.raises(RuntimeError, match=rf"forces the '{design}' kernel design.*float64"):
+        choose_design(torch.device("cpu"), torch.float64, 4, 16, 0, False)
+
+
+def test_forced_persistent_refused_for_its_own_reason(monkeypatch):
+    """A refusal that is the persistent design's alone (not the dtype/device checks all
+    designs share) reaches the caller with the design's name and its reason."""
+    from fastlstm.kernels import persistent
+
+    monkeypatch.setenv(DESIGN_ENV, "persistent")
+    monkeypatch.setattr(
+        persistent,
+        "persistent_unsupported_reason",
+        lambda design, *args: "needs 160 co-resident programs, this GPU has 132 SMs",
+    )
+    xp = torch.randn(3, 2, 64)
+    w_hh, h0, c0 = torch.randn(64, 16), torch.zeros(2, 16), torch.zeros(2, 16)
+    with pytest.raises(RuntimeError, match=r"'persistent' kernel design.*160 co-resident"):
+        lstm.lstm_recurrence_forward(xp, w_hh, None, h0, c0, None, False)
+    monkeypatch.setenv(DESIGN_ENV, "batch")  # the batch design still serves the call
+    assert lstm.lstm_recurrence_forward(xp, w_hh, None, h0, c0, None, False)[0].shape == (3, 2, 16)
+
+
+def test_rule_uses_the_batch_design_under_the_interpreter(monkeypatch):
+    monkeypatch.delenv(DESIGN_ENV, raising=False)
+    design, reason = choose_design(torch.device("cpu"), torch.float32, 64, 256, 0, True)
+    assert design == "batch" and "interpreter" in reason
+
+
+@pytest.mark.parametrize(
+    ("dtype", "H", "P", "expected"),
+    [
+        pytest.param(torch.float32, 128, 0, "persistent", id="fp32-H128"),
+        pytest.param(torch.float32, 256, 0, "persistent", id="fp32-H256"),
+        pytest.param(torch.bfloat16, 512, 0, "persistent", id="bf16-H512"),
+        pytest.param(torch.bfloat16, 64, 0, "batch", id="bf16-H64"),
+    ],
+)
+def test_latency_model_at_benchmark_shapes(dtype, H, P, expected):
+    """The model behind the rule (docs/kernels.md): the batch-tiled design's step grows with
+    the W_hh bytes each program streams, the persistent one's barely with H."""
+    times = {d: design_step_us(d, dtype, 64, H, P) for d in launch.DESIGNS}
+    assert min(times, key=times.get) == expected, times
+    assert times["step"] > times["persistent"]

@@ -15,11 +15,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from fastlstm.backends import reference
 from fastlstm.kernels import (
     can_serve,
+    launch,
+    lstm,
     lstm_direction,
     lstm_recurrence_backward,
     lstm_recurrence_forward,
 )
-from fastlstm.kernels.launch import dot_precision
+from fastlstm.kernels.launch import DESIGN_ENV, dot_precision
 
 from helpers import assert_close
 
@@ -308,3 +310,59 @@ def test_fp32_follows_nn_lstm_precision_switch(tf32_on, device):
     inputs = {"x": x, "h0": h0, "c0": c0, **dict(lstm.named_parameters())}
     tol = 2e-2 if tf32_on else None
     compare_direction(actual, (out, h_n, c_n), inputs, atol=tol, rtol=tol)
+
+
+def _kernel_name(kernel) -> str:
+    while not hasattr(kernel, "__name__"):
+        kernel = kernel.fn  # @triton.heuristics wraps the JITFunction
+    return kernel.__name__
+
+
+@pytest.fixture
+def launched(monkeypatch) -> list[str]:
+    """Names of the kernels launched during the test (every launch goes through
+    ``kernels.launch.launch``, imported into each kernel module)."""
+    from fastlstm.kernels import persistent
+
+    names: list[str] = []
+    real = launch.launch
+
+    def spy(kernel, grid, **kwargs):
+        names.append(_kernel_name(kernel))
+        real(kernel, grid, **kwargs)
+
+    for module in (lstm, persistent):
+        monkeypatch.setattr(module, "launch", spy)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("design", "kernel"),
+    [
+        pytest.param("batch", "_lstm_fwd_kernel", id="batch"),
+        pytest.param("persistent", "_persistent_fwd_kernel", id="persistent"),
+        pytest.param("step", "_step_fwd_kernel", id="step"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("T", "B", "I", "H", "P", "lens", "reverse"),
+    [
+        pytest.param(5, 17, 4, 20, 0, "random", True, id="T5-B17-H20-lens-rev"),
+        pytest.param(4, 3, 4, 20, 9, None, False, id="T4-B3-H20-P9"),
+    ],
+)
+def test_forced_design_runs_and_matches_reference(
+    design, kernel, T, B, I, H, P, lens, reverse, device, monkeypatch, launched
+):
+    monkeypatch.setenv(DESIGN_ENV, design)
+    inputs = make_inputs(T, B, I, H, P, device)
+    lengths = make_lengths(lens, T, B, device)
+    actual = lstm_direction(**inputs, lengths=lengths, reverse=reverse)
+    expected = reference.run_direction(*inputs.values(), lengths, reverse)
+    compare_direction(actual, expected, inputs)
+    assert kernel in launched
+    backward = kernel.replace("fwd", "bwd")
+    assert backward in launched, launched  # backward ran the forward's design
+    others = {"batch": "_lstm_", "persistent": "_persistent_", "step": "_step_"}
+    del others[design]
+    assert not [n for n in launched if n.startswith(tuple(others.values()))], launched
