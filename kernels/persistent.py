@@ -42,26 +42,36 @@ resident at once can meet: the launch is cooperative and the grid never exceeds 
 per SM (:func:`persistent_unsupported_reason`). Under the interpreter programs run one after
 another, so ``"persistent"`` runs one program there (all of ``H`` and ``B``).
 
-Latency model (H200: 132 SMs, ~4.8 TB/s HBM, ~50 MB L2; T=256, B=64, P=H, bf16 or fp32).
-Per step and program: read ``h`` ``BLOCK_B*P*w`` bytes (L2), ``xp`` ``BLOCK_B*4*BLOCK_HS*w``,
-write gates/cs ``BLOCK_B*5*BLOCK_HS*4``; resident ``4*BLOCK_HS*P*w`` bytes of ``W_hh``. Per
-step: one L2 round trip for ``h`` (~0.6-1 us incl. the dependent ``tl.dot``), the pointwise
-cell (~0.2 us), the grid barrier (~1-2 us: an atomic round trip to L2 per program, then
-polling). Versus the batch-tiled design, which streams ``4*H*P*w`` bytes of ``W_hh`` from L2
-per step and program (4 SMs busy at B=64), the step time no longer grows with ``H*P``:
+Latency model (H200: 132 SMs, ~4.8 TB/s HBM, ~50 MB L2, ~100 GB/s L2->SM per SM; B=64,
+P=H; the configs :func:`persistent_config` picks). Per step and program the forward reads
+``h`` (``BLOCK_B*P*w`` bytes from L2, ~0.6 us latency + bytes / ~100 GB/s), runs one
+``[BLOCK_B, P] x [P, 4*BLOCK_HS]`` ``tl.dot`` against the resident slice (``4*BLOCK_HS*P*w``
+bytes, kept in shared memory by Triton: ldmatrix + mma.sync each step), the pointwise cell
+with its layout conversions (~0.5-0.7 us incl. the ``xp`` load, which does not depend on
+``h``) and meets the others at the barrier (~1-1.5 us: one release reduction and acquire
+polls on the tile's counter). Backward adds the partial-product store, one chunked read of
+all slices' partials (``BLOCK_B*H*4`` bytes, one chunk for H <= 512) and a second dot.
 
-=======  =============================  ==================  =====================  ==========
-H        config (BLOCK_HS, BLOCK_B)     programs            h bytes/step/program   us / step
-=======  =============================  ==================  =====================  ==========
-128      (16, 16) fp32 / bf16           8 x 4 = 32          8 KB / 4 KB            ~2-3
-256      (16, 16)                       16 x 4 = 64         16 KB / 8 KB           ~2.5-3.5
-512      (16, 16)                       32 x 4 = 128        32 KB / 16 KB          ~3-4
-=======  =============================  ==================  =====================  ==========
+=====  ===================  ==========  ============  ===========  ==========  ==========
+H      BLOCK_HS x BLOCK_B   programs    resident W    h read/step  fwd us/st   bwd us/st
+=====  ===================  ==========  ============  ===========  ==========  ==========
+128    4 x 16               32 x 4      8 / 4 KB      8 / 4 KB     ~2.7        ~4
+256    8 x 16               32 x 4      32 / 16 KB    16 / 8 KB    ~3.0        ~4.5
+512    16 x 16              32 x 4      128 / 64 KB   32 / 16 KB   ~3.8 (3.2)  ~5.5 (5)
+=====  ===================  ==========  ============  ===========  ==========  ==========
 
-(forward; backward adds the partial-sum reads, ``BLOCK_B*H*4`` bytes per program, about the
-same again, so ~1.5-2x the forward step). The one-launch-per-step design pays a launch
-(~3-5 us with CUDA graphs absent) and reloads its ``W_hh`` slice from L2 every step instead of
-the barrier: ~5-8 us/step, still flat in ``H`` up to the L2 bandwidth.
+(fp32 with TF32 / bf16; bf16 in brackets where it differs.) Forward+backward: ~6.7 / 7.5 /
+9.3 us per step, i.e. ~1.7 / 1.9 / 2.4 ms of recurrence at T=256 for H = 128 / 256 / 512,
+against cuDNN's ~6.8 us per step (2.7 + 4.1, its small-H persistent kernel, H <= 128) and
+~10-20 us (STANDARD: a GEMM and a pointwise kernel per step and pass, ~5-10 us each, at
+H >= 256): parity at H=128, ~1.3-2x above it. Unmeasured: estimates until a GPU is lent. The
+batch-tiled design instead streams ``4*H*P*w`` bytes of ``W_hh`` per step through each of
+only 4 SMs at B=64 (>= 4 / 17 / 67 us per fp32 forward step). The step design pays one
+launch per step (two with a projection; ~5-20 us of host-side Triton launch overhead unless
+captured in a CUDA graph) plus a reload of its slice from L2: a fallback for grids that
+cannot be co-resident, not a fast path. Exact fp32 (TF32 off) runs ``tl.dot`` on FMA units,
+whose operands live in registers: served only where that does not spill (see
+:func:`persistent_unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -121,6 +131,10 @@ class PersistentConfig:
     block_hs: int
     num_warps: int
     num_stages: int = 1
+    fwd_warps: int | None = None  # the forward kernels' warps when they differ
+
+    def warps(self, forward: bool) -> int:
+        return (self.fwd_warps or self.num_warps) if forward else self.num_warps
 
     def n_slices(self, hidden: int) -> int:
         return triton.cdiv(hidden, self.block_hs)
@@ -132,9 +146,10 @@ class PersistentConfig:
         return _pow2(triton.cdiv(proj, self.n_slices(hidden)))
 
     def block_ns(self, hidden: int, cols: int) -> int:
-        # Slices summed per tl.sum in backward: bounded so the [BLOCK_NS, BLOCK_B, cols]
-        # load stays ~2K elements per chunk (a few registers per thread).
-        cap = max(1, 2048 // (self.block_b * cols))
+        # Slices summed per tl.sum in backward. Each chunk costs one dependent L2 round trip,
+        # so all slices at once where the [BLOCK_NS, BLOCK_B, cols] load stays within 8K
+        # elements (32 registers per thread at 8 warps): one chunk for every H <= 512 at B=64.
+        cap = max(1, 8192 // (self.block_b * cols))
         return max(1, min(triton.next_power_of_2(self.n_slices(hidden)), cap))
 
     def resident_bytes(self, hidden: int, proj: int, elem: int) -> int:
@@ -173,9 +188,13 @@ def _gpu_config(batch: int, hidden: int, proj: int, elem: int, sms: int) -> Pers
             break
     if choice is None:  # serves the step design; the persistent one is refused
         choice = PersistentConfig(16, lo, 4)
-    # More threads for wider resident tiles: fewer operand registers per thread.
-    num_warps = 8 if choice.resident_bytes(hidden, proj, elem) > 16 * 1024 else 4
-    return PersistentConfig(choice.block_b, choice.block_hs, num_warps)
+    # More threads for wider resident tiles: fewer operand registers per thread. Backward
+    # holds more per step (two dots, the partial sums) and needs them sooner; the forward
+    # kernels spill at 8 warps in some settings where 4 do not (ptxas, measured for sm_90).
+    resident = choice.resident_bytes(hidden, proj, elem)
+    bwd_warps = 8 if resident > 16 * 1024 else 4
+    fwd_warps = 8 if resident > 64 * 1024 else 4
+    return PersistentConfig(choice.block_b, choice.block_hs, bwd_warps, fwd_warps=fwd_warps)
 
 
 def persistent_config(
@@ -199,7 +218,7 @@ def persistent_config(
     """
     device = torch.device(device)
     if design == "persistent" and device.type != "cuda":
-        return PersistentConfig(block_b=_pow2(batch), block_hs=_pow2(hidden, 4), num_warps=4)
+        return PersistentConfig(block_b=_pow2(batch), block_hs=_pow2(hidden), num_warps=4)
     elem = torch.empty((), dtype=dtype).element_size()
     return _gpu_config(batch, hidden, proj, elem, _sm_count(device))
 
@@ -1114,7 +1133,7 @@ def persistent_forward(
     w_hr = None if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     grid = cfg.grid(B, H)
-    opts = {"device": dev, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    opts = {"device": dev, "num_warps": cfg.warps(True), "num_stages": cfg.num_stages}
     common = dict(
         xp=xp.contiguous(),
         w_hh=w_hh,
@@ -1282,7 +1301,7 @@ def _build(name, kernel, dtype, constexprs, cfg, hidden, fields) -> KernelBuild:
         kernel=fn,
         signature=signature,
         constexprs=constexprs,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.warps(forward="fwd" in name),
         num_stages=cfg.num_stages,
         dtype=t,
         hidden=hidden,

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-import fastlstm.kernels as kernels
 from fastlstm.backends import reference
 from fastlstm.kernels import launch, lstm, persistent
 
@@ -150,25 +149,24 @@ def test_fp16_within_tolerance(design, device):
 
 @pytest.fixture
 def through_design(monkeypatch):
-    """Route ``lstm_direction`` (the autograd glue and its GEMMs) through one design by
-    swapping the recurrence launchers it calls; counts calls so a routing change that
-    bypasses the swap fails instead of silently testing the batch-tiled kernels."""
+    """Force one design for ``lstm_direction`` (``FASTLSTM_TRITON_DESIGN``, the switch the
+    dispatcher reads) and count the launcher calls, so that a dispatch that ignores the
+    switch fails instead of silently testing the batch-tiled kernels."""
     calls = []
+    forward, backward = persistent.persistent_forward, persistent.persistent_backward
 
-    def use(design: str) -> list[str]:
-        def fwd(*args):
-            calls.append("fwd")
-            return persistent.persistent_forward(*args, design=design)
+    def fwd(*args, design):
+        calls.append(("fwd", design))
+        return forward(*args, design=design)
 
-        def bwd(*args):
-            calls.append("bwd")
-            return persistent.persistent_backward(*args, design=design)
+    def bwd(*args, design):
+        calls.append(("bwd", design))
+        return backward(*args, design=design)
 
-        # lstm_direction looks the pair up in the package at call time; the module's names
-        # are swapped too in case the glue calls them directly.
-        for module in (kernels, lstm):
-            monkeypatch.setattr(module, "lstm_recurrence_forward", fwd)
-            monkeypatch.setattr(module, "lstm_recurrence_backward", bwd)
+    def use(design: str) -> list[tuple[str, str]]:
+        monkeypatch.setenv("FASTLSTM_TRITON_DESIGN", design)
+        monkeypatch.setattr(persistent, "persistent_forward", fwd)
+        monkeypatch.setattr(persistent, "persistent_backward", bwd)
         return calls
 
     return use
@@ -221,7 +219,7 @@ def test_bidirectional_matches_nn_lstm(T, B, I, H, P, design, device, through_de
     g_expected = torch.autograd.grad(expected, list(inputs.values()), cot)
     for name, a, e in zip(inputs, g_actual, g_expected, strict=True):
         assert_close(a, e, f"d_{name}")
-    assert calls.count("fwd") == 2 and calls.count("bwd") == 2
+    assert calls.count(("fwd", design)) == 2 and calls.count(("bwd", design)) == 2
 
 
 def test_barrier_timeout_raises_clear_error(monkeypatch):
@@ -295,7 +293,8 @@ def test_config_fits_an_h200():
 # JIT at import time), runs the ptxas Triton uses for sm_90 with -v, prints one line per
 # build and exits non-zero on a spill or on more shared memory than an sm_90 block may use.
 COMPILE_SCRIPT = r"""
-import os, re, subprocess, sys, tempfile
+import multiprocessing, os, re, subprocess, sys, tempfile
+from concurrent.futures import ProcessPoolExecutor
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
@@ -304,11 +303,17 @@ from triton.compiler import ASTSource
 from fastlstm.kernels import persistent
 
 SMEM_LIMIT = 227 * 1024
-hiddens = tuple(int(h) for h in sys.argv[1].split(","))
-dtypes = tuple(getattr(torch, d) for d in sys.argv[2].split(","))
-ptxas = get_ptxas(90).path
-bad = []
-for b in persistent.resource_cases(hiddens, dtypes, variants=((False, False), (True, True))):
+VARIANTS = ((False, False), (True, True))  # (lengths, projection)
+
+
+def builds():
+    hiddens = tuple(int(h) for h in sys.argv[1].split(","))
+    dtypes = tuple(getattr(torch, d) for d in sys.argv[2].split(","))
+    return persistent.resource_cases(hiddens, dtypes, variants=VARIANTS)
+
+
+def measure(i):
+    b = builds()[i]
     names = b.kernel.arg_names
     signature = {n: b.signature.get(n, "constexpr") for n in names}
     constexprs = {(names.index(k),): v for k, v in b.constexprs.items()}
@@ -322,7 +327,7 @@ for b in persistent.resource_cases(hiddens, dtypes, variants=((False, False), (T
         with open(path, "w") as f:
             f.write(compiled.asm["ptx"])
         log = subprocess.run(
-            [ptxas, "-v", "--gpu-name=sm_90a", path, "-o", os.path.join(d, "k.o")],
+            [get_ptxas(90).path, "-v", "--gpu-name=sm_90a", path, "-o", path + ".o"],
             capture_output=True, text=True, check=True,
         ).stderr
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
@@ -334,12 +339,20 @@ for b in persistent.resource_cases(hiddens, dtypes, variants=((False, False), (T
             f"proj={f['proj']} lengths={f['lengths']} BLOCK_HS={f['BLOCK_HS']} "
             f"BLOCK_B={f['BLOCK_B']} grid={f['grid']} warps={b.num_warps} regs={regs} "
             f"smem={smem} spill_stores={stores} spill_loads={loads}")
-    print(line, flush=True)
-    if (stores or loads) and b.hidden <= 512 or smem > SMEM_LIMIT:
-        bad.append(line)
-if bad:
-    print("FAILED:\n" + "\n".join(bad))
-    sys.exit(1)
+    return line, ((stores or loads) and b.hidden <= 512) or smem > SMEM_LIMIT
+
+
+if __name__ == "__main__":
+    bad = []
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1), mp_context=ctx) as pool:
+        for line, failed in pool.map(measure, range(len(builds()))):
+            print(line, flush=True)
+            if failed:
+                bad.append(line)
+    if bad:
+        print("FAILED:\n" + "\n".join(bad))
+        sys.exit(1)
 """
 
 
