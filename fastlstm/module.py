@@ -31,7 +31,8 @@ def packed_to_padded(packed: PackedSequence) -> tuple[Tensor, Tensor, Tensor, Te
         b_idx = order[rank]
         lengths = torch.empty_like(sorted_lengths)
         lengths[order] = sorted_lengths
-    t_idx, b_idx = t_idx.to(data.device), b_idx.to(data.device)
+    # One host-to-device copy for both index vectors (each copy stalls a CUDA stream).
+    t_idx, b_idx = torch.stack([t_idx, b_idx]).to(data.device).unbind(0)
     padded = data.new_zeros(T, B, *data.shape[1:])
     padded = padded.index_put((t_idx, b_idx), data)
     return padded, lengths, t_idx, b_idx

@@ -1,6 +1,7 @@
 """The last places where nn.LSTM scripts could tell the swap apart, on every backend.
 
-Empty batches, double backward, ``torch.func`` per-sample gradients and whole-model
+Empty batches, double backward (``gradgradcheck`` of the reference is in
+test_reference.py), ``torch.func`` per-sample gradients and whole-model
 ``torch.load(weights_only=True)``: each matches ``torch.nn.LSTM`` or, where a backend truly
 cannot (the Triton kernels' backward is not differentiable), fails with an error that names
 the backend that can.
@@ -17,7 +18,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastlstm
-from fastlstm.backends import reference, unavailable_reason
+from fastlstm.backends import unavailable_reason
 
 from helpers import assert_close
 
@@ -68,38 +69,6 @@ def test_empty_packed_sequence_is_rejected_by_torch_itself():
     # nn.LSTM cannot be given a PackedSequence of 0 sequences: PyTorch refuses to build one.
     with pytest.raises(RuntimeError, match="Cannot pack empty tensors"):
         pack_padded_sequence(torch.randn(5, 0, 3), torch.zeros(0, dtype=torch.int64))
-
-
-@pytest.mark.parametrize(
-    ("T", "B", "H", "proj", "lengths", "reverse"),
-    [
-        pytest.param(3, 2, 3, 0, None, False, id="T3-B2-H3"),
-        pytest.param(4, 3, 3, 2, (4, 1, 2), True, id="T4-B3-H3-proj2-lengths-rev"),
-    ],
-)
-def test_reference_gradgradcheck(T, B, H, proj, lengths, reverse):
-    I, P = 2, proj or H
-    d = dict(dtype=torch.float64)
-    tensors = [
-        torch.randn(T, B, I, **d),
-        torch.randn(4 * H, I, **d) * 0.5,
-        torch.randn(4 * H, P, **d) * 0.5,
-        torch.randn(4 * H, **d),
-        torch.randn(4 * H, **d),
-        torch.randn(P, H, **d) * 0.5,
-        torch.randn(B, P, **d),
-        torch.randn(B, H, **d),
-    ]
-    if not proj:
-        tensors.pop(5)
-    tensors = [t.requires_grad_() for t in tensors]
-    lens = None if lengths is None else torch.tensor(lengths)
-
-    def fn(x, w_ih, w_hh, b_ih, b_hh, *rest):
-        w_hr, h0, c0 = rest if proj else (None, *rest)
-        return reference.run_direction(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse)
-
-    assert torch.autograd.gradgradcheck(fn, tensors)
 
 
 def _gradient_penalty_grads(module, x, lengths, cot):

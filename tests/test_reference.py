@@ -1,4 +1,5 @@
-"""The reference backend's hand-written BPTT proves the math: float64 gradcheck."""
+"""The reference backend's hand-written BPTT proves the math: float64 gradcheck and
+gradgradcheck."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ GRADCHECK_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("T", "B", "I", "H", "proj", "lengths", "reverse"), GRADCHECK_CASES)
-def test_gradcheck(T, B, I, H, proj, lengths, reverse):
+def direction_problem(T, B, I, H, proj, lengths, reverse):
+    """float64 leaves ``x, w_ih, w_hh, b_ih, b_hh[, w_hr], h0, c0`` and the direction as a
+    function of them (the reference backend, with ``lengths`` and ``reverse`` fixed)."""
     P = proj or H
     d = dict(dtype=torch.float64)
     tensors = [
@@ -27,19 +29,36 @@ def test_gradcheck(T, B, I, H, proj, lengths, reverse):
         torch.randn(4 * H, P, **d) * 0.5,
         torch.randn(4 * H, **d),
         torch.randn(4 * H, **d),
-        torch.randn(P, H, **d) * 0.5,
+        *([torch.randn(P, H, **d) * 0.5] if proj else []),
         torch.randn(B, P, **d),
         torch.randn(B, H, **d),
     ]
-    tensors = [t.requires_grad_() for t in tensors]
-    lengths = None if lengths is None else torch.tensor(lengths)
+    lens = None if lengths is None else torch.tensor(lengths)
 
-    def fn(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-        return reference.run_direction(
-            x, w_ih, w_hh, b_ih, b_hh, w_hr if proj else None, h0, c0, lengths, reverse
-        )
+    def fn(x, w_ih, w_hh, b_ih, b_hh, *rest):
+        w_hr, h0, c0 = rest if proj else (None, *rest)
+        return reference.run_direction(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse)
 
+    return fn, [t.requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize(("T", "B", "I", "H", "proj", "lengths", "reverse"), GRADCHECK_CASES)
+def test_gradcheck(T, B, I, H, proj, lengths, reverse):
+    fn, tensors = direction_problem(T, B, I, H, proj, lengths, reverse)
     assert torch.autograd.gradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize(
+    ("T", "B", "I", "H", "proj", "lengths", "reverse"),
+    [
+        pytest.param(3, 2, 2, 3, 0, None, False, id="T3-B2-H3"),
+        pytest.param(4, 3, 2, 3, 2, (4, 1, 2), True, id="T4-B3-H3-proj2-lengths-rev"),
+    ],
+)
+def test_gradgradcheck(T, B, I, H, proj, lengths, reverse):
+    """Double backward (gradient penalties, meta-learning) is exact on the reference."""
+    fn, tensors = direction_problem(T, B, I, H, proj, lengths, reverse)
+    assert torch.autograd.gradgradcheck(fn, tensors)
 
 
 def test_reverse_index_is_an_involution():

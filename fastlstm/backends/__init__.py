@@ -111,6 +111,8 @@ def _triton_why_not(request: Request) -> str | None:
             "use backend='reference' (any device) or backend='aten' on the CPU"
         )
     if request.device.type == "cpu" and not triton_interpreting():
+        # Answered before importing triton: the import is slow, and triton reads
+        # TRITON_INTERPRET only then, so an early import would pin the interpreter off.
         return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
     try:
         from fastlstm import kernels
