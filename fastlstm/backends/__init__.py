@@ -124,7 +124,9 @@ def _triton_why_not(request: Request) -> str | None:
 
 
 def _triton_run_direction(*args) -> tuple:
-    return get_backend("triton").run_direction(*args)
+    from fastlstm.backends import triton
+
+    return triton.run_direction(*args)
 
 
 REGISTRY: dict[str, Backend] = {

@@ -9,8 +9,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from fastlstm import direction, kernels
+from fastlstm.kernels import unsupported_reason  # deprecated alias: ask select_backend
 
-__all__ = ["RECURRENCE", "run_direction"]
+__all__ = ["RECURRENCE", "run_direction", "unsupported_reason"]
 
 # The kernels' recurrence pair; fastlstm.kernels picks the kernel design inside it.
 RECURRENCE = direction.Recurrence(
