@@ -70,7 +70,10 @@ def _fmt_ms(value: object) -> str:
 
 
 def _fmt_x(value: object) -> str:
-    return "-" if value is None else f"{float(value):.2f}x"
+    if value is None:
+        return "-"
+    v = float(value)
+    return f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"
 
 
 def _fmt_mb(value: object) -> str:
@@ -232,7 +235,7 @@ def format_headline(ratios: Sequence[dict]) -> str:
     width_l = max(len(r["comparison"]) for r in ratios)
     width_s = max(len(label) for label in labels)
     lines = [
-        f"{r['comparison']:<{width_l}}  {label:<{width_s}}  {r['mode']:<7}  {r['ratio']:.2f}x"
+        f"{r['comparison']:<{width_l}}  {label:<{width_s}}  {r['mode']:<7}  {_fmt_x(r['ratio'])}"
         for r, label in zip(ratios, labels, strict=True)
     ]
     return "\n".join(lines)
@@ -273,7 +276,7 @@ def format_markdown(results: dict) -> str:
         lines += [
             f"| {r['comparison']} | {r['shape']} |"
             + (f" {r['dtype']} |" if several else "")
-            + f" {r['mode']} | {r['ratio']:.2f}× | {_fmt_us(r.get('us_per_step'))} |"
+            + f" {r['mode']} | {_fmt_x(r['ratio'])[:-1]}× | {_fmt_us(r.get('us_per_step'))} |"
             for r in ratios
         ]
     return "\n".join(lines) + "\n"

@@ -154,8 +154,8 @@ GRIDS: dict[str, tuple[Shape, ...]] = {
     ),
     # The same kinds of shape, tiny, for the GPU check's dry run on Triton's CPU interpreter.
     "gpu-dry": (
-        Shape(T=8, B=4, I=16, H=16),
-        Shape(T=10, B=4, I=16, H=16, min_len=3),
+        Shape(T=4, B=2, I=16, H=16),
+        Shape(T=5, B=3, I=16, H=16, min_len=2),
     ),
 }
 
