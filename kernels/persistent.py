@@ -27,7 +27,8 @@ into ``dh_part[parity, i_h]`` (double-buffered). After the barrier each program 
 partials for its columns over all slices in slice order (chunks of ``BLOCK_NS`` slices,
 each a fixed-shape ``tl.sum``), so results are identical run to run. A row's first step
 (``s = len - 1``) takes ``d_hn`` instead, which also makes the never-written partials of
-the first step irrelevant. With a projection, ``dh`` of the program's ``P`` slice plus
+the first step irrelevant. ``d_h0`` is the partials of step ``s = 0`` summed over slices
+by one reduction after the kernels. With a projection, ``dh`` of the program's ``P`` slice plus
 ``d_out`` goes to ``dh_tot`` (and ``d_hs``), a barrier, then ``dr = dh_tot W_hr[:, units]``.
 
 Grid barrier (persistent only). A counting barrier in the spirit of Inductor's
@@ -849,7 +850,6 @@ def _persistent_bwd_kernel(
     cs,  # [T, B, H] fp32 saved cell states
     lengths,  # [B] int64 or None
     d_xp,  # [T, B, 4H] fp32
-    d_h0,  # [B, P] fp32
     d_c0,  # [B, H] fp32
     d_hs,  # [T, B, P] fp32 total gradient reaching each projected h, or None
     dh_part,  # [2, n_slices, B, P] fp32 per-slice partials of da W_hh (double-buffered)
@@ -897,8 +897,10 @@ def _persistent_bwd_kernel(
     slice_stride = n_slices * B * P
     for i in range(0, n_steps):
         s = n_steps - 1 - i
-        p_part_in = dh_part + ((i + 1) % 2) * slice_stride  # written by the previous step
-        p_part_out = dh_part + (i % 2) * slice_stride
+        # Parity by s, so that step s = 0 (every row valid) always writes dh_part[0], which
+        # the launcher sums into d_h0.
+        p_part_in = dh_part + ((s + 1) % 2) * slice_stride  # written by the previous step
+        p_part_out = dh_part + (s % 2) * slice_stride
         if HAS_PROJ:
             _bwd_dh_total(
                 d_out, d_hn, d_hs, dh_tot, p_part_in, o_b, m_b, b_len, s, i_h, n_slices, B,
@@ -915,22 +917,6 @@ def _persistent_bwd_kernel(
         ok = _grid_barrier(p_count, n_bar * n_slices, spin_limit, p_error, ok)
 
     tl.store(d_c0 + o_b[:, None] * H + o_u[None, :], b_dc, mask=m_bu)
-    # d_h0: the partials of step 0 (every row is valid there), for the program's columns.
-    p_part_fin = dh_part + ((n_steps + 1) % 2) * slice_stride
-    if HAS_PROJ:
-        o_c = i_h * BLOCK_PS + tl.arange(0, BLOCK_PS)
-        m_c = o_c < P
-        b_dh0 = _bwd_dh_sum(
-            p_part_fin, d_hn, o_b, m_b, b_len, -1, o_c, m_c, n_slices, B, P, BLOCK_B, BLOCK_PS,
-            BLOCK_NS,
-        )  # fmt: skip
-        tl.store(d_h0 + o_b[:, None] * P + o_c[None, :], b_dh0, mask=m_b[:, None] & m_c[None, :])
-    else:
-        b_dh0 = _bwd_dh_sum(
-            p_part_fin, d_hn, o_b, m_b, b_len, -1, o_u, o_u < H, n_slices, B, P, BLOCK_B,
-            BLOCK_HS, BLOCK_NS,
-        )  # fmt: skip
-        tl.store(d_h0 + o_b[:, None] * P + o_u[None, :], b_dh0, mask=m_bu)
     for s in range(n_steps, T):
         _bwd_pad(d_xp, d_hs, o_b, m_b, s, i_h, B, H, P, HAS_PROJ, BLOCK_B, BLOCK_HS, BLOCK_PS)
 
@@ -983,8 +969,8 @@ def _step_bwd_kernel(
         b_len = tl.where(m_b, T, 0).to(tl.int64)
     s = T - 1 - i
     slice_stride = n_slices * B * P
-    p_part_in = dh_part + ((i + 1) % 2) * slice_stride
-    p_part_out = dh_part + (i % 2) * slice_stride
+    p_part_in = dh_part + ((s + 1) % 2) * slice_stride
+    p_part_out = dh_part + (s % 2) * slice_stride
     if PHASE == 0:
         _bwd_dh_total(
             d_out, d_hn, d_hs, dh_tot, p_part_in, o_b, m_b, b_len, s, i_h, n_slices, B,
@@ -1243,7 +1229,6 @@ def persistent_backward(
         **_blocks(cfg, H, proj, P),
     )
     if design == "persistent":
-        d_h0 = _empty(B, P, dtype=f32, device=dev)
         d_c0 = _empty(B, H, dtype=f32, device=dev)
         sync = _sync_buffer(grid[1] + 1, dev)
         launch(
@@ -1251,7 +1236,6 @@ def persistent_backward(
             grid,
             cooperative=dev.type == "cuda",
             d_cn=d_cn.contiguous(),
-            d_h0=d_h0,
             d_c0=d_c0,
             sync=sync,
             spin_limit=SPIN_LIMIT,
@@ -1259,16 +1243,17 @@ def persistent_backward(
             **opts,
         )
         _check_barrier(sync, "backward")
-        return d_xp, d_h0, d_c0, d_hs
-    dc_state = _empty(B, H, dtype=f32, device=dev)
-    dc_state.copy_(d_cn)
-    for i in range(T):
-        if proj:
-            launch(_step_bwd_kernel, grid, dc_state=dc_state, i=i, PHASE=0, **common, **opts)
-        launch(_step_bwd_kernel, grid, dc_state=dc_state, i=i, PHASE=1, **common, **opts)
-    # The partials of the last step (s = 0) summed over slices, in slice order.
-    d_h0 = dh_part[(T - 1) % 2].sum(0)
-    return d_xp, d_h0, dc_state, d_hs
+    else:
+        d_c0 = _empty(B, H, dtype=f32, device=dev)
+        d_c0.copy_(d_cn)  # the gradient reaching c, updated in place step by step
+        for i in range(T):
+            if proj:
+                launch(_step_bwd_kernel, grid, dc_state=d_c0, i=i, PHASE=0, **common, **opts)
+            launch(_step_bwd_kernel, grid, dc_state=d_c0, i=i, PHASE=1, **common, **opts)
+    # d_h0 = da_0 W_hh: the partials of step s = 0 (every row is valid there, both designs
+    # write them to dh_part[0]), summed over slices by one deterministic reduction.
+    d_h0 = dh_part[0].sum(0)
+    return d_xp, d_h0, d_c0, d_hs
 
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
