@@ -154,10 +154,12 @@ def lstm_with_backend(
     else:
         is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
         transformed = not compiling and any(is_wrapped(t) for t in (x, *weights))
+        # Under autocast the recurrence runs in the autocast dtype: ask about that one.
+        run_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         choice = select_backend(
             backend,
             x.device,
-            x.dtype,
+            run_dtype,
             H,
             P if has_proj else 0,
             compiling=compiling,

@@ -273,3 +273,14 @@ def test_tf32_switch_follows_nn_lstm(tf32):
             assert_close(a, e, f"d_{name}", atol=10 * tol, rtol=10 * tol)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_backend_is_chosen_for_the_autocast_dtype():
+    """The interpreter cannot run bfloat16: under bfloat16 autocast, naming triton on CPU
+    tensors is refused instead of running kernels that would compute wrongly."""
+    if unavailable_reason("triton", "cpu", torch.float32, 16) is not None:
+        pytest.skip("needs the Triton interpreter")
+    m = fastlstm.LSTM(5, 16, backend="triton")
+    x = torch.randn(4, 2, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="bfloat16"):
+        m(x)
