@@ -43,6 +43,12 @@ resident at once can meet: the launch is cooperative and the grid never exceeds 
 per SM (:func:`persistent_unsupported_reason`). Under the interpreter programs run one after
 another, so ``"persistent"`` runs one program there (all of ``H`` and ``B``).
 
+Offsets. Rows of the ``[T, B, *]`` tensors are int64 (``position * B + row``); offsets
+inside the per-step ``[B, *]`` state buffers (``h``, ``r``, ``dh_tot``, the
+``[2, slices, B, P]`` partials) are int32, which the launcher guarantees fit
+(:func:`persistent_unsupported_reason`): the loop-invariant ones are hoisted out of the
+time loop, at half the registers of int64.
+
 Latency model (H200: 132 SMs, ~4.8 TB/s HBM, ~50 MB L2, ~100 GB/s L2->SM per SM; B=64,
 P=H; the configs :func:`persistent_config` picks). Per step and program the forward reads
 ``h`` (``BLOCK_B*P*w`` bytes from L2, ~0.6 us latency + bytes / ~100 GB/s), runs one
@@ -132,10 +138,13 @@ class PersistentConfig:
     block_hs: int
     num_warps: int
     num_stages: int = 1
-    fwd_warps: int | None = None  # the forward kernels' warps when they differ
+    step_cell_warps: int | None = None  # the step design's forward cell kernel, if different
 
-    def warps(self, forward: bool) -> int:
-        return (self.fwd_warps or self.num_warps) if forward else self.num_warps
+    def warps(self, kernel: str) -> int:
+        """Warps of one kernel (a :func:`resource_cases` name, e.g. ``"step_fwd_p0"``)."""
+        if kernel == "step_fwd_p0" and self.step_cell_warps:
+            return self.step_cell_warps
+        return self.num_warps
 
     def n_slices(self, hidden: int) -> int:
         return triton.cdiv(hidden, self.block_hs)
@@ -189,13 +198,13 @@ def _gpu_config(batch: int, hidden: int, proj: int, elem: int, sms: int) -> Pers
             break
     if choice is None:  # serves the step design; the persistent one is refused
         choice = PersistentConfig(16, lo, 4)
-    # More threads for wider resident tiles: fewer operand registers per thread. Backward
-    # holds more per step (two dots, the partial sums) and needs them sooner; the forward
-    # kernels spill at 8 warps in some settings where 4 do not (ptxas, measured for sm_90).
+    # More threads for wider resident tiles: fewer operand registers per thread. The step
+    # design's cell kernel with a projection is the exception: it spills at 8 warps where
+    # 4 do not (ptxas for sm_90, measured by resource_cases(); see the compile test).
     resident = choice.resident_bytes(hidden, proj, elem)
-    bwd_warps = 8 if resident > 16 * 1024 else 4
-    fwd_warps = 8 if resident > 64 * 1024 else 4
-    return PersistentConfig(choice.block_b, choice.block_hs, bwd_warps, fwd_warps=fwd_warps)
+    num_warps = 8 if resident > 16 * 1024 else 4
+    cell_warps = 4 if proj else None
+    return PersistentConfig(choice.block_b, choice.block_hs, num_warps, step_cell_warps=cell_warps)
 
 
 def persistent_config(
@@ -450,7 +459,7 @@ def _fwd_pad(
     BLOCK_PS: tl.constexpr,
 ):
     """Zeros at position ``s``, past the tile's longest sequence (persistent kernel only)."""
-    o_row = s * B + o_b  # [BB]
+    o_row = s.to(tl.int64) * B + o_b  # [BB]
     o_col, m_col, _ = _gate_cols(i_h, H, BLOCK_HS)
     tl.store(
         gates + o_row[:, None] * (4 * H) + o_col[None, :],
@@ -513,12 +522,12 @@ def _persistent_fwd_kernel(
     BLOCK_PS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
     n_slices = tl.num_programs(0)
     p_count = sync + i_b
     p_error = sync + tl.num_programs(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
     if HAS_LENGTHS:
         b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
@@ -603,9 +612,9 @@ def _step_fwd_kernel(
     BLOCK_PS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
     if HAS_LENGTHS:
         b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
@@ -658,7 +667,7 @@ def _bwd_dh_sum(
     o_2d = o_b[:, None] * P + o_c[None, :]
     acc = tl.zeros([BLOCK_B, BLOCK_C], tl.float32)
     for j0 in range(0, n_slices, BLOCK_NS):
-        o_j = j0 + tl.arange(0, BLOCK_NS).to(tl.int64)  # [BNS]
+        o_j = j0 + tl.arange(0, BLOCK_NS)  # [BNS]
         b_part = tl.load(
             p_part + o_j[:, None, None] * B * P + o_2d[None, :, :],
             mask=(o_j < n_slices)[:, None, None] & m[None, :, :],
@@ -816,7 +825,7 @@ def _bwd_pad(
     BLOCK_PS: tl.constexpr,
 ):
     """Zeros at position ``s``, past the tile's longest sequence (persistent kernel only)."""
-    o_row = s * B + o_b
+    o_row = s.to(tl.int64) * B + o_b
     o_col, m_col, _ = _gate_cols(i_h, H, BLOCK_HS)
     tl.store(
         d_xp + o_row[:, None] * (4 * H) + o_col[None, :],
@@ -870,12 +879,12 @@ def _persistent_bwd_kernel(
     BLOCK_NS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
     n_slices = tl.num_programs(0)
     p_count = sync + i_b
     p_error = sync + tl.num_programs(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
     if HAS_LENGTHS:
         b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
@@ -958,10 +967,10 @@ def _step_bwd_kernel(
     BLOCK_NS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
     n_slices = tl.num_programs(0)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)  # [BB]
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
     if HAS_LENGTHS:
         b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
@@ -1024,9 +1033,11 @@ def persistent_unsupported_reason(
     reason = unsupported_reason(device, dtype, hidden, proj)
     if reason is not None:
         return reason
+    cfg = persistent_config(batch, hidden, proj, dtype, device, design=design)
+    if 2 * cfg.n_slices(hidden) * batch * max(4 * hidden, proj) >= 2**31:
+        return f"batch {batch} x hidden {hidden} state buffers exceed int32 offsets"
     if device.type != "cuda":
         return None  # the interpreter: one program ("persistent") or any grid ("step")
-    cfg = persistent_config(batch, hidden, proj, dtype, device, design=design)
     elem = torch.empty((), dtype=dtype).element_size()
     return _config_reason(
         design, cfg, batch, hidden, proj, elem, dot_precision(dtype), _sm_count(device)
@@ -1119,7 +1130,7 @@ def persistent_forward(
     w_hr = None if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     grid = cfg.grid(B, H)
-    opts = {"device": dev, "num_warps": cfg.warps(True), "num_stages": cfg.num_stages}
+    opts = {"device": dev, "num_stages": cfg.num_stages}
     common = dict(
         xp=xp.contiguous(),
         w_hh=w_hh,
@@ -1146,6 +1157,7 @@ def persistent_forward(
         launch(
             _persistent_fwd_kernel,
             grid,
+            num_warps=cfg.warps("persistent_fwd"),
             cooperative=dev.type == "cuda",
             c0=c0.contiguous(),
             h_n=h_n,
@@ -1159,10 +1171,12 @@ def persistent_forward(
         return out, h_n, c_n, gates, cs
     c_state = _empty(B, H, dtype=f32, device=dev)
     c_state.copy_(c0)
+    cell = {"c_state": c_state, "PHASE": 0, "num_warps": cfg.warps("step_fwd_p0")}
+    proj_phase = {"c_state": c_state, "PHASE": 1, "num_warps": cfg.warps("step_fwd_p1")}
     for s in range(T):
-        launch(_step_fwd_kernel, grid, c_state=c_state, s=s, PHASE=0, **common, **opts)
+        launch(_step_fwd_kernel, grid, s=s, **cell, **common, **opts)
         if proj:
-            launch(_step_fwd_kernel, grid, c_state=c_state, s=s, PHASE=1, **common, **opts)
+            launch(_step_fwd_kernel, grid, s=s, **proj_phase, **common, **opts)
     # Rows past their length kept their state: the buffers hold each row's last valid step.
     return out, h_state[T % 2].to(h0.dtype), c_state.to(c0.dtype), gates, cs
 
@@ -1205,7 +1219,7 @@ def persistent_backward(
     w_hr = None if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     block_ns = cfg.block_ns(H, cfg.block_ps(H, proj) if proj else cfg.block_hs)
-    opts = {"device": dev, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    opts = {"device": dev, "num_warps": cfg.warps("persistent_bwd"), "num_stages": cfg.num_stages}
     common = dict(
         d_out=d_out.contiguous(),
         d_hn=d_hn.contiguous(),
@@ -1286,7 +1300,7 @@ def _build(name, kernel, dtype, constexprs, cfg, hidden, fields) -> KernelBuild:
         kernel=fn,
         signature=signature,
         constexprs=constexprs,
-        num_warps=cfg.warps(forward="fwd" in name),
+        num_warps=cfg.warps(name),
         num_stages=cfg.num_stages,
         dtype=t,
         hidden=hidden,
