@@ -118,6 +118,34 @@ def test_primitives_match_reference(T, B, H, P, lens, reverse, design, device):
         assert_close(bwd[3], ref_bwd[3], "d_hs")
 
 
+@pytest.mark.parametrize("block_hs", [4, 8], ids=["HS4", "HS8"])
+def test_step_narrow_slices_and_chunked_sums(block_hs, device, monkeypatch):
+    """The narrow slices the GPU configs pick without a projection (4 or 8 units: the four
+    interleaved gates are the dot's 16 or 32 columns), and the backward's partial sums read
+    2 slices per chunk, so that a last chunk is partly masked (H = 20: 5 or 3 slices)."""
+    narrow = persistent.PersistentConfig(block_b=16, block_hs=block_hs, num_warps=4)
+    monkeypatch.setattr(persistent, "persistent_config", lambda *a, **k: narrow)
+    monkeypatch.setattr(persistent.PersistentConfig, "block_ns", lambda self, h, c: 2)
+    T, B, H = 5, 20, 20
+    xp = torch.randn(T, B, 4 * H, device=device)
+    w_hh = torch.randn(4 * H, H, device=device) * H**-0.5
+    h0, c0 = torch.randn(B, H, device=device), torch.randn(B, H, device=device)
+    lengths = make_lengths(T, B, device)
+    fwd = persistent.persistent_forward(xp, w_hh, None, h0, c0, lengths, True, design="step")
+    ref = reference.recurrence_forward(xp, w_hh, None, h0, c0, lengths, True)
+    for name, a, e in zip(("out", "h_n", "c_n"), fwd[:3], ref[:3], strict=True):
+        assert_close(a, e, name)
+    d_out, d_hn, d_cn = torch.randn_like(fwd[0]), torch.randn_like(h0), torch.randn_like(c0)
+    bwd = persistent.persistent_backward(
+        d_out, d_hn, d_cn, w_hh, None, c0, fwd[3], fwd[4], lengths, True, design="step"
+    )
+    ref_bwd = reference.recurrence_backward(
+        d_out, d_hn, d_cn, w_hh, None, c0, ref[3], ref[4], lengths, True
+    )
+    for name, a, e in zip(("d_xp", "d_h0", "d_c0"), bwd[:3], ref_bwd[:3], strict=True):
+        assert_close(a, e, name)
+
+
 @pytest.mark.parametrize("design", DESIGNS)
 def test_fp16_within_tolerance(design, device):
     """Half weights and inputs with fp32 state/accumulation, against fp32 on the same values."""
