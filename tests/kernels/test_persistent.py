@@ -99,9 +99,9 @@ def test_primitives_match_reference(T, B, H, P, lens, reverse, design, device):
         assert a.dtype == torch.float32
         assert_close(a, torch.where(valid, e, 0.0), name)
     # Interchangeable with the batch-tiled design's saved tensors (same layout, same values).
-    if not lens or device.type == "cuda":
-        batch = lstm.lstm_recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
-        assert_close(fwd[3], batch[3], "gates vs batch design")
+    batch = lstm.batch_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+    assert_close(fwd[3], batch[3], "gates vs batch design")
+    assert_close(fwd[4], batch[4], "cs vs batch design")
 
     d_out, d_hn, d_cn = torch.randn_like(fwd[0]), torch.randn_like(h0), torch.randn_like(c0)
     bwd = persistent.persistent_backward(
