@@ -11,12 +11,15 @@ on a 2-core EPYC, one thread, ``nn.LSTM`` forward+backward at ``T100-B1-I64-H64`
 after itself, 1.50 ms after touching a 64 MB buffer, 1.77 ms after the Python-loop
 provider, with no page fault and no garbage collection in between: cold caches, not work.
 Without the settle call each provider was timed in whatever state its predecessor left,
-and the quick grid reported fastlstm 25-35 % slower than the very op it runs.
+and the quick grid reported fastlstm 25-35 % slower than the very op it runs. Python's
+cyclic garbage collector is paused while timing (as ``timeit`` does), so a collection one
+provider's allocations trigger never lands in another provider's call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import statistics
 import sys
@@ -26,7 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["MEMORY_METHODS", "SETTLE_CALLS", "Timing", "measure_interleaved", "peak_memory"]
+__all__ = [
+    "MEMORY_METHODS",
+    "SETTLE_CALLS",
+    "Timing",
+    "balanced_orders",
+    "measure_interleaved",
+    "peak_memory",
+]
 
 # Untimed calls of the same callable right before each timed call (see the module docstring).
 SETTLE_CALLS = 1
@@ -107,9 +117,10 @@ def measure_interleaved(
     changes over all competitors alike, so the ratio of two medians stays meaningful even
     when the absolute times wander. Each timed call follows ``settle`` untimed calls of the
     same callable, so it runs with warm caches whatever ran before it (see the module
-    docstring); the starting point rotates every round. ``budget_s`` is per callable and
-    counts the settle calls: rounds stop once the time spent exceeds ``budget_s *
-    len(fns)`` and ``min_repeats`` rounds ran.
+    docstring), and the order changes every round so that each callable follows every
+    other equally often (:func:`balanced_orders`). ``budget_s`` is per callable and counts
+    the settle calls: rounds stop once the time spent exceeds ``budget_s * len(fns)`` and
+    ``min_repeats`` rounds ran.
     """
     device = torch.device(device)
     _check_counts(warmup, repeats, min_repeats)
@@ -124,17 +135,58 @@ def measure_interleaved(
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     spent = 0.0
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            for _ in range(settle):
-                spent += _time_once(fns[name], device)
-            elapsed = _time_once(fns[name], device)
-            times[name].append(elapsed)
-            spent += elapsed
-        if budget_s is not None and spent >= budget_s * len(names) and round_ + 1 >= min_repeats:
-            break
+    orders = balanced_orders(len(names))
+    with _gc_paused():
+        for round_ in range(repeats):
+            for name in (names[i] for i in orders[round_ % len(orders)]):
+                for _ in range(settle):
+                    spent += _time_once(fns[name], device)
+                elapsed = _time_once(fns[name], device)
+                times[name].append(elapsed)
+                spent += elapsed
+            if budget_s and spent >= budget_s * len(names) and round_ + 1 >= min_repeats:
+                break
     return {name: _summary(ts) for name, ts in times.items()}
+
+
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` callables in which each one follows every other equally often.
+
+    A Williams design (the crossover-trial layout balanced for carry-over): ``n`` orders for
+    even ``n``, ``2n`` for odd. A plain rotation keeps every callable behind the same
+    neighbour in every round, so whatever that neighbour leaves behind biases one callable
+    only; here each callable comes first once per ``n`` orders as well.
+    """
+    if n < 1:
+        return [[]]
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    orders = [[(i + shift) % n for i in first] for shift in range(n)]
+    if n % 2:
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Collect garbage first, then keep Python's cyclic collector off while timing.
+
+    As ``timeit`` does: a collection is triggered by whoever allocated most (the Python-loop
+    provider builds thousands of autograd nodes) but pauses whichever call happens to run.
+    """
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+from collections import Counter
+
 import pytest
 import torch
 
-from fastlstm.bench.timing import measure_interleaved, peak_memory
+from fastlstm.bench.timing import balanced_orders, measure_interleaved, peak_memory
 
 
 def _measure_one(fn, device="cpu", **kwargs):
@@ -28,12 +31,29 @@ def test_budget_stops_after_min_repeats():
     assert timing.repeats == 3 and len(calls) == 3
 
 
-def test_interleaved_rounds_rotate_the_order():
+def test_interleaved_rounds_follow_the_balanced_orders():
     order: list[str] = []
     fns = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    timings = measure_interleaved(fns, warmup=0, repeats=3, budget_s=None, settle=0)
-    assert order == list("abcbcacab")
-    assert {name: t.repeats for name, t in timings.items()} == {"a": 3, "b": 3, "c": 3}
+    timings = measure_interleaved(fns, warmup=0, repeats=4, budget_s=None, settle=0)
+    assert order == list("abcbcacabcba")
+    assert {name: t.repeats for name, t in timings.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_balanced_orders_put_every_callable_after_every_other_equally_often(n):
+    orders = balanced_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    assert len(orders) == (n if n % 2 == 0 else 2 * n)
+    follows = Counter((o[i - 1], o[i]) for o in orders for i in range(1, n))
+    assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert len(set(follows.values())) <= 1  # each ordered pair equally often
+    assert Counter(o[0] for o in orders) == Counter({i: len(orders) // n for i in range(n)})
+
+
+def test_garbage_collection_is_paused_while_timing():
+    seen = []
+    measure_interleaved({"a": lambda: seen.append(gc.isenabled())}, warmup=0, repeats=2)
+    assert seen == [False] * 4 and gc.isenabled()
 
 
 def test_each_timed_call_follows_an_untimed_call_of_the_same_callable():
