@@ -114,10 +114,11 @@ DESIGNS = ("persistent", "step")
 # Polls of the barrier counter before a program gives up (an L2 atomic round trip each,
 # so on the order of seconds): far beyond any legitimate wait, short of a hang.
 SPIN_LIMIT = 1 << 22
-# Resident W_hh (+ W_hr) bytes per program a config may choose. Triton keeps the
-# loop-invariant tl.dot operand in shared memory (227 KiB per block on sm_90); the rest
-# of the budget stages the step's h tile (resource_cases() records the measured usage).
-MAX_RESIDENT_BYTES = 128 * 1024
+# Shared memory per program a config may plan for (sm_90 allows 227 KiB per block): Triton
+# keeps the loop-invariant tl.dot operand (the resident slice) there and stages the step's
+# h tile; PersistentConfig.smem_bytes estimates both, within ~4 KiB of what
+# resource_cases() measures.
+MAX_SMEM_BYTES = 200 * 1024
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -170,6 +171,10 @@ class PersistentConfig:
             w += max(_pow2(hidden) * self.block_ps(hidden, proj), _pow2(P) * self.block_hs) * elem
         return w
 
+    def smem_bytes(self, hidden: int, proj: int, elem: int) -> int:
+        staged = self.block_b * max(_pow2(proj or hidden), _pow2(hidden) if proj else 0)
+        return self.resident_bytes(hidden, proj, elem) + staged * elem
+
 
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
@@ -191,7 +196,7 @@ def _gpu_config(batch: int, hidden: int, proj: int, elem: int, sms: int) -> Pers
         cfg = PersistentConfig(block_b, hs, 4)
         if math.prod(cfg.grid(batch, hidden)) > sms:
             break  # even all of H per program does not fit: the batch needs more SMs
-        if cfg.resident_bytes(hidden, proj, elem) <= MAX_RESIDENT_BYTES:
+        if cfg.smem_bytes(hidden, proj, elem) <= MAX_SMEM_BYTES:
             choice = cfg
             break
         if block_b >= batch:
@@ -202,7 +207,7 @@ def _gpu_config(batch: int, hidden: int, proj: int, elem: int, sms: int) -> Pers
     # design's cell kernel with a projection is the exception: it spills at 8 warps where
     # 4 do not (ptxas for sm_90, measured by resource_cases(); see the compile test).
     resident = choice.resident_bytes(hidden, proj, elem)
-    num_warps = 8 if resident > 16 * 1024 else 4
+    num_warps = 8 if resident >= 16 * 1024 else 4
     cell_warps = 4 if proj else None
     return PersistentConfig(choice.block_b, choice.block_hs, num_warps, step_cell_warps=cell_warps)
 
@@ -1054,12 +1059,12 @@ def _config_reason(
     precision: str,
     sms: int,
 ) -> str | None:
-    resident = cfg.resident_bytes(hidden, proj, elem)
-    if resident > MAX_RESIDENT_BYTES:
+    smem = cfg.smem_bytes(hidden, proj, elem)
+    if smem > MAX_SMEM_BYTES:
         return (
-            f"the {design} design's resident weight slice ({resident // 1024} KiB per program "
-            f"at {cfg.block_hs} hidden units) exceeds {MAX_RESIDENT_BYTES // 1024} KiB "
-            f"(hidden {hidden}, proj_size {proj})"
+            f"the {design} design's resident weight slice and h tile ({smem // 1024} KiB of "
+            f"shared memory per program at {cfg.block_hs} hidden units x {cfg.block_b} rows) "
+            f"exceed {MAX_SMEM_BYTES // 1024} KiB (hidden {hidden}, proj_size {proj})"
         )
     if precision == "ieee" and (cfg.block_hs > 8 or _pow2(proj or hidden) > 256):
         # Exact fp32 tl.dot runs on the FMA units, whose operands live in registers: a
