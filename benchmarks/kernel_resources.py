@@ -92,7 +92,11 @@ def compile_build(build: KernelBuild, capability: int = 90):
     return triton.compile(
         ASTSource(fn, signature, constexprs=constexprs),
         target=GPUTarget("cuda", capability, 32),
-        options={"num_warps": build.num_warps, "num_stages": build.num_stages},
+        options={
+            "num_warps": build.num_warps,
+            "num_stages": build.num_stages,
+            **({} if build.maxnreg is None else {"maxnreg": build.maxnreg}),
+        },
     )
 
 

@@ -45,7 +45,8 @@ class RecurrenceConfig:
 
     ``block_b`` rows of the batch per program; the hidden dimension is walked in
     ``block_h`` columns (per gate) and the reduction over ``h`` in ``block_k`` chunks.
-    Every side is at least 16 because ``tl.dot`` needs it.
+    Every side is at least 16 because ``tl.dot`` needs it. ``maxnreg`` is the register
+    budget per thread given to ptxas (``.maxnreg``; None leaves ptxas its own target).
     """
 
     block_b: int
@@ -53,6 +54,7 @@ class RecurrenceConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    maxnreg: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class KernelBuild:
         dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (weights/inputs) for the report.
         hidden: ``H`` for the report.
         fields: further ``key=value`` report fields (``B``, ``lengths``, ``proj``, ``design``).
+        maxnreg: the launch's ``maxnreg`` option (ptxas register budget), or None.
     """
 
     name: str
@@ -86,6 +89,7 @@ class KernelBuild:
     dtype: str
     hidden: int
     fields: dict[str, Any] = field(default_factory=dict)
+    maxnreg: int | None = None
 
 
 def launch(
@@ -96,6 +100,7 @@ def launch(
     num_warps: int,
     num_stages: int,
     cooperative: bool = False,
+    maxnreg: int | None = None,
     **kernel_args,
 ) -> None:
     """Launch ``kernel[grid]`` with keyword arguments: the one door every kernel launch uses.
@@ -103,11 +108,14 @@ def launch(
     ``cooperative`` asks the driver to guarantee that all programs are resident at once
     (``launch_cooperative_grid``, Triton >= 3.3), which a grid barrier inside the kernel
     needs; the interpreter runs programs one after another and ignores it. Tools that
-    inspect launches (``benchmarks/kernel_resources.py``) wrap this function.
+    inspect launches (``benchmarks/kernel_resources.py``) wrap this function. ``maxnreg``
+    caps the registers per thread (ptxas ``.maxnreg``); the interpreter ignores it.
     """
     options = {"num_warps": num_warps, "num_stages": num_stages}
     if cooperative:
         options["launch_cooperative_grid"] = True
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     if device.type == "cuda":
         with torch.cuda.device(device):
             kernel[grid](**kernel_args, **options)
@@ -124,16 +132,21 @@ def recurrence_config(batch: int, hidden: int, proj: int, dtype: torch.dtype) ->
 
     The time loop is latency-bound, so more programs (smaller batch tiles) run more of the
     batch in parallel; 16 rows is the smallest tile ``tl.dot`` accepts, and only very large
-    batches get 32 so that the weight traffic per row halves. Hidden tiles of up to 64
-    columns keep the four gate accumulators (4 x 16 x 64 fp32) in registers; half-precision
-    weights allow wider reduction chunks in the same shared memory.
+    batches get 32 so that the weight traffic per row halves. Hidden tiles of up to 32
+    columns and reduction chunks of 16 entries of ``h``, with 4 warps, keep the four gate
+    accumulators and the ``tl.dot`` operands in registers without spilling in any dtype or
+    precision (``benchmarks/kernel_resources.py``; exact fp32 dots run on the FMA units,
+    which hold a whole ``K`` chunk of both operands per thread). ptxas gets the whole
+    register file (``maxnreg`` 255): this design runs one program per SM, and left to
+    itself ptxas aims at 128 or even 32 registers and spills. ``dtype`` is part of the
+    contract (the chunk that fits depends on it) although every dtype fits these tiles.
     """
+    del dtype
     block_b = 32 if batch >= 1024 else 16
-    block_h = _pow2_tile(hidden, 16, 64)
-    k_cap = 64 if dtype == torch.float32 else 128
-    block_k = _pow2_tile(proj, 16, k_cap)
-    num_warps = 4 if block_b * block_h <= 1024 else 8
-    return RecurrenceConfig(block_b, block_h, block_k, num_warps, num_stages=1)
+    block_h = _pow2_tile(hidden, 16, 32)
+    block_k = _pow2_tile(proj, 16, 16)
+    num_warps = 8 if block_b * block_h > 512 else 4
+    return RecurrenceConfig(block_b, block_h, block_k, num_warps, num_stages=1, maxnreg=255)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -190,9 +203,13 @@ DESIGN_ENV = "FASTLSTM_TRITON_DESIGN"
 # on every step; the other terms are fixed costs per step.
 _L2_BYTES_PER_US_PER_SM = 65e3  # ~65 GB/s per SM sustained for a dependent stream
 _BATCH_FIXED_US = 1.5  # CTA barriers, loop overheads, h/c state round trips per step
-_PERSISTENT_FIXED_US = 2.0  # grid barrier (an L2 atomic round trip, polling) + cell
-_PERSISTENT_H_BYTES_PER_US = 64e3  # each program reads all of h_{t-1} from L2 per step
-_STEP_LAUNCH_US = 5.0  # one kernel launch per step (two with a projection), no graph
+# Grid barrier (~1-1.5 us), the L2 latency of reading h (~0.6 us), the cell (~0.5 us):
+# kernels/persistent.py's model.
+_PERSISTENT_FIXED_US = 2.5
+_PERSISTENT_H_BYTES_PER_US = 100e3  # each program reads all of h_{t-1} from L2 per step
+# tl.dot throughput per SM (mma.sync, about half the wgmma peak; FMA units for "ieee").
+_FLOPS_PER_US_PER_SM = {"ieee": 0.43e6, "tf32": 1.9e6, "half": 3.8e6}
+_STEP_LAUNCH_US = 6.0  # host-side Triton launch per step and barrier (5-20 us), no graph
 _BLOCK_B = 16  # rows per program of the batch-tiled design at the benchmark batches
 _H200_SMS = 132
 
@@ -217,31 +234,50 @@ def forced_design() -> str | None:
     return value
 
 
-def design_step_us(design: str, dtype: torch.dtype, batch: int, hidden: int, proj: int) -> float:
+def design_step_us(
+    design: str,
+    dtype: torch.dtype,
+    batch: int,
+    hidden: int,
+    proj: int,
+    precision: str | None = None,
+) -> float:
     """Modelled forward time per step in microseconds on an H200 (docs/kernels.md).
 
     - ``batch``: ``ceil(B/16)`` programs, each streaming ``4H*P`` (+ ``P*H``) weight
-      elements from L2 every step at one SM's bandwidth, plus fixed per-step costs; waves
-      when there are more programs than SMs.
+      elements from L2 every step at one SM's bandwidth, or computing its ``2*16*P*4H``
+      FLOPs, whichever is slower, plus fixed per-step costs; waves when there are more
+      programs than SMs.
     - ``persistent``: the weight slice stays on chip; per step each program reads all of
-      ``h_{t-1}`` (``16*P`` elements) and meets the others at a grid barrier (two with a
-      projection).
+      ``h_{t-1}`` (``16*P`` elements), computes its share of the FLOPs (the grid fills the
+      SMs) and meets the others at a grid barrier (two with a projection).
     - ``step``: the persistent step's work plus a kernel launch per barrier, and the weight
       slice reloaded from L2 every step (small: ``4*BLOCK_HS*P`` elements).
+
+    ``precision`` is the fp32 dot precision (``dot_precision(dtype)`` when None): exact
+    fp32 dots run on the FMA units, at a fraction of the tensor cores' rate.
     """
     elem = torch.empty((), dtype=dtype).element_size()
+    precision = precision or dot_precision(dtype)
     P = proj or hidden
     weights = (4 * hidden * P + (P * hidden if proj else 0)) * elem
+    flops = 2 * batch * (4 * hidden * P + (P * hidden if proj else 0))
+    rate = _FLOPS_PER_US_PER_SM[precision if dtype == torch.float32 else "half"]
     barriers = 2 if proj else 1
     h_read = _BLOCK_B * P * elem / _PERSISTENT_H_BYTES_PER_US
+    tiles = (batch + _BLOCK_B - 1) // _BLOCK_B
     if design == "batch":
-        programs = (batch + _BLOCK_B - 1) // _BLOCK_B
-        waves = (programs + _H200_SMS - 1) // _H200_SMS
-        return waves * (_BATCH_FIXED_US * barriers + weights / _L2_BYTES_PER_US_PER_SM)
+        waves = (tiles + _H200_SMS - 1) // _H200_SMS
+        stream = max(weights / _L2_BYTES_PER_US_PER_SM, flops / tiles / rate)
+        return waves * (_BATCH_FIXED_US * barriers + stream)
+    # The weight-stationary designs spread the hidden units over (nearly) every SM.
+    programs = min(_H200_SMS, tiles * ((hidden + 3) // 4))
+    compute = flops / programs / rate
     if design == "persistent":
-        return barriers * _PERSISTENT_FIXED_US + h_read
+        return barriers * _PERSISTENT_FIXED_US + h_read + compute
     if design == "step":
-        return barriers * (_STEP_LAUNCH_US + 0.5) + h_read
+        # The launch replaces the barrier; the slice is reloaded instead of resident.
+        return barriers * (_STEP_LAUNCH_US + 1.0) + h_read + compute
     raise ValueError(f"unknown design {design!r} (expected one of {', '.join(DESIGNS)})")
 
 

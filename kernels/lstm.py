@@ -89,8 +89,8 @@ def _positions(b_len, m_valid, s, REVERSE: tl.constexpr):
 
 @triton.jit
 def _copy_rows(src, dst, o_b, m_b, N: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``dst[b, :N] = src[b, :N]`` for the tile's rows, cast to ``dst``'s type: the state into
-    the fp32 scratch before the time loop, and the scratch into the outputs after it."""
+    """``dst[b, :N] = src[b, :N]`` for the tile's rows, cast to ``dst``'s type: the initial
+    state (or gradient) into the fp32 scratch before the time loop."""
     for j in range(0, (N + BLOCK_N - 1) // BLOCK_N):
         o_n = j * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
         m = m_b[:, None] & (o_n < N)[None, :]
@@ -101,7 +101,8 @@ def _copy_rows(src, dst, o_b, m_b, N: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def _zero_rows(dst, o_row, m_b, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     """``dst[row, :N] = 0`` for the tile's rows at one position (``o_row = position*B + b``):
-    the positions past the longest sequence of a tile, which the time loop never visits."""
+    the positions past the longest sequence of a tile, which the time loop never visits.
+    Written before the loop, so that nothing computed for them stays live across it."""
     for j in range(0, (N + BLOCK_N - 1) // BLOCK_N):
         o_n = j * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
         m = m_b[:, None] & (o_n < N)[None, :]
@@ -151,12 +152,23 @@ def _lstm_fwd_kernel(
     w_dtype = w_hh.dtype.element_ty
     NH: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     NP: tl.constexpr = (P + BLOCK_K - 1) // BLOCK_K
+    # NP as a trip count LLVM cannot prove constant (T >= 1): unrolled, the K loop hoists
+    # every chunk's W_hh loads at once and spills (benchmarks/kernel_resources.py).
+    n_k = tl.minimum(NP, NP + T)
 
     _copy_rows(h0, h_state, o_b, m_b, P, BLOCK_K)
     _copy_rows(c0, c_state, o_b, m_b, H, BLOCK_H)
+    for s in range(n_steps, T):
+        o_row = s * B + o_b  # [BB]
+        _zero_rows(out, o_row, m_b, P, BLOCK_B, BLOCK_K)
+        _zero_rows(cs, o_row, m_b, H, BLOCK_B, BLOCK_H)
+        _zero_rows(gates, o_row, m_b, 4 * H, BLOCK_B, BLOCK_H)
     tl.debug_barrier()
 
     for s in range(0, n_steps):
+        # Finished rows keep their state, so the last step's state is every row's final one:
+        # h_n and c_n are stored then, and nothing stays live past the loop.
+        m_last = (tl.zeros_like(b_len) + s) == n_steps - 1  # [BB]
         p_h_cur = h_state + (s % 2) * B * P
         p_h_nxt = h_state + ((s + 1) % 2) * B * P
         m_valid = m_b & (s < b_len)  # [BB]
@@ -172,7 +184,7 @@ def _lstm_fwd_kernel(
             acc_f = tl.load(p_x + H, mask=m_bh, other=0.0).to(tl.float32)
             acc_g = tl.load(p_x + 2 * H, mask=m_bh, other=0.0).to(tl.float32)
             acc_o = tl.load(p_x + 3 * H, mask=m_bh, other=0.0).to(tl.float32)
-            for k in range(0, NP):
+            for k in range(0, n_k):
                 o_k = k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
                 m_k = o_k < P
                 b_h = tl.load(
@@ -201,6 +213,8 @@ def _lstm_fwd_kernel(
             b_r = b_o * _tanh(b_c)
             b_c = tl.where(mv, b_c, b_c_old)
             tl.store(p_c, b_c, mask=m_bh)
+            p_cn = c_n + o_b[:, None] * H + o_h[None, :]
+            tl.store(p_cn, b_c.to(c_n.dtype.element_ty), mask=m_bh & m_last[:, None])
             # Saved at the sequence position; zeros at padded positions keep backward finite.
             p_gt = gates + o_row[:, None] * (4 * H) + o_h[None, :]
             tl.store(p_gt, tl.where(mv, b_i, 0.0), mask=m_bh)
@@ -212,9 +226,10 @@ def _lstm_fwd_kernel(
                 tl.store(r_state + o_b[:, None] * H + o_h[None, :], b_r, mask=m_bh)
             else:
                 b_h_old = tl.load(p_h_cur + o_b[:, None] * P + o_h[None, :], mask=m_bh, other=0.0)
-                tl.store(
-                    p_h_nxt + o_b[:, None] * P + o_h[None, :], tl.where(mv, b_r, b_h_old), mask=m_bh
-                )
+                b_h = tl.where(mv, b_r, b_h_old)
+                tl.store(p_h_nxt + o_b[:, None] * P + o_h[None, :], b_h, mask=m_bh)
+                p_hn = h_n + o_b[:, None] * P + o_h[None, :]
+                tl.store(p_hn, b_h.to(h_n.dtype.element_ty), mask=m_bh & m_last[:, None])
                 tl.store(
                     out + o_row[:, None] * P + o_h[None, :],
                     tl.where(mv, b_r, 0.0).to(out.dtype.element_ty),
@@ -244,24 +259,16 @@ def _lstm_fwd_kernel(
                     ).to(w_dtype)  # [BH, BK]
                     acc += tl.dot(b_r, b_w, input_precision=DOT_PRECISION)
                 b_h_old = tl.load(p_h_cur + o_b[:, None] * P + o_p[None, :], mask=m_bp, other=0.0)
-                tl.store(
-                    p_h_nxt + o_b[:, None] * P + o_p[None, :], tl.where(mv, acc, b_h_old), mask=m_bp
-                )
+                b_h = tl.where(mv, acc, b_h_old)
+                tl.store(p_h_nxt + o_b[:, None] * P + o_p[None, :], b_h, mask=m_bp)
+                p_hn = h_n + o_b[:, None] * P + o_p[None, :]
+                tl.store(p_hn, b_h.to(h_n.dtype.element_ty), mask=m_bp & m_last[:, None])
                 tl.store(
                     out + o_row[:, None] * P + o_p[None, :],
                     tl.where(mv, acc, 0.0).to(out.dtype.element_ty),
                     mask=m_bp,
                 )
         tl.debug_barrier()
-
-    # Finished rows kept their state, so the buffers now hold each row's last valid step.
-    _copy_rows(h_state + (n_steps % 2) * B * P, h_n, o_b, m_b, P, BLOCK_K)
-    _copy_rows(c_state, c_n, o_b, m_b, H, BLOCK_H)
-    for s in range(n_steps, T):
-        o_row = s * B + o_b  # [BB]
-        _zero_rows(out, o_row, m_b, P, BLOCK_B, BLOCK_K)
-        _zero_rows(cs, o_row, m_b, H, BLOCK_B, BLOCK_H)
-        _zero_rows(gates, o_row, m_b, 4 * H, BLOCK_B, BLOCK_H)
 
 
 @triton.heuristics(
@@ -312,6 +319,11 @@ def _lstm_bwd_kernel(
 
     _copy_rows(d_hn, dh_state, o_b, m_b, P, BLOCK_K)
     _copy_rows(d_cn, dc_state, o_b, m_b, H, BLOCK_H)
+    for s in range(n_steps, T):
+        o_row = s * B + o_b  # [BB]
+        _zero_rows(d_xp, o_row, m_b, 4 * H, BLOCK_B, BLOCK_H)
+        if HAS_PROJ:
+            _zero_rows(d_hs, o_row, m_b, P, BLOCK_B, BLOCK_K)
     tl.debug_barrier()
 
     for i in range(0, n_steps):
@@ -325,7 +337,8 @@ def _lstm_bwd_kernel(
         o_row_prev = o_prev * B + o_b
         s_vec = tl.zeros_like(b_len) + s  # [BB]
         m_has_prev = m_valid & (s_vec > 0)  # c_{t-1} is a saved state
-        m_first = m_valid & (s_vec == 0)  # c_{t-1} is c0
+        # c_{t-1} is c0. Every row's step 0 is the loop's last: d_h0, d_c0 are stored then.
+        m_first = m_valid & (s_vec == 0)
 
         if HAS_PROJ:
             # The gradient reaching h_t, needed whole by dr = dh W_hr.
@@ -389,7 +402,10 @@ def _lstm_bwd_kernel(
             tl.store(p_da + H, tl.where(mv, b_dc * b_cp * b_f * (1.0 - b_f), 0.0), mask=m_bh)
             tl.store(p_da + 2 * H, tl.where(mv, b_dc * b_i * (1.0 - b_g * b_g), 0.0), mask=m_bh)
             tl.store(p_da + 3 * H, tl.where(mv, b_dr * b_tc * b_o * (1.0 - b_o), 0.0), mask=m_bh)
-            tl.store(p_dc, tl.where(mv, b_dc * b_f, b_dc_old), mask=m_bh)
+            b_dc = tl.where(mv, b_dc * b_f, b_dc_old)
+            tl.store(p_dc, b_dc, mask=m_bh)
+            p_dc0 = d_c0 + o_b[:, None] * H + o_h[None, :]
+            tl.store(p_dc0, b_dc, mask=m_bh & m_first[:, None])
         # dh_{t-1} = da_t W_hh needs all four gates of every hidden unit.
         tl.debug_barrier()
 
@@ -414,16 +430,11 @@ def _lstm_bwd_kernel(
                 acc += tl.dot(b_da, b_w, input_precision=DOT_PRECISION)
             p_dh = dh_state + o_b[:, None] * P + o_p[None, :]
             b_dh_old = tl.load(p_dh, mask=m_bp, other=0.0)
-            tl.store(p_dh, tl.where(mv, acc, b_dh_old), mask=m_bp)
+            b_dh = tl.where(mv, acc, b_dh_old)
+            tl.store(p_dh, b_dh, mask=m_bp)
+            p_dh0 = d_h0 + o_b[:, None] * P + o_p[None, :]
+            tl.store(p_dh0, b_dh, mask=m_bp & m_first[:, None])
         tl.debug_barrier()
-
-    _copy_rows(dh_state, d_h0, o_b, m_b, P, BLOCK_K)
-    _copy_rows(dc_state, d_c0, o_b, m_b, H, BLOCK_H)
-    for s in range(n_steps, T):
-        o_row = s * B + o_b  # [BB]
-        _zero_rows(d_xp, o_row, m_b, 4 * H, BLOCK_B, BLOCK_H)
-        if HAS_PROJ:
-            _zero_rows(d_hs, o_row, m_b, P, BLOCK_B, BLOCK_K)
 
 
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -447,6 +458,7 @@ def _kernel_options(
         DOT_PRECISION=dot_precision(dtype),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        maxnreg=cfg.maxnreg,
     )
 
 
@@ -637,6 +649,7 @@ _WEIGHT_DTYPE_ARGS = ("xp", "w_hh", "w_hr", "h0", "c0", "out", "h_n", "c_n", "d_
 _WEIGHT_DTYPE_ARGS += ("d_hn", "d_cn")
 _NONE_WITHOUT_PROJ = ("w_hr", "r_state", "d_hs", "dh_tot")
 _KERNELS = (("batch_fwd", _lstm_fwd_kernel), ("batch_bwd", _lstm_bwd_kernel))
+_LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
 
 def _build(name, kernel, dtype: str, constexprs: dict, options: dict, fields: dict):
@@ -671,6 +684,7 @@ def _build(name, kernel, dtype: str, constexprs: dict, options: dict, fields: di
         dtype=dtype,
         hidden=cx["H"],
         fields=fields,
+        maxnreg=options["maxnreg"],
     )
 
 
@@ -699,7 +713,7 @@ def resource_cases(
                 proj = hidden // 2 if has_proj else 0
                 cfg = recurrence_config(batch, hidden, proj or hidden, dtype)
                 options = _kernel_options(cfg, hidden, proj, False, dtype)
-                constexprs = {k: v for k, v in options.items() if not k.startswith("num_")}
+                constexprs = {k: v for k, v in options.items() if k not in _LAUNCH_OPTIONS}
                 constexprs.update(
                     DOT_PRECISION=precision, HAS_LENGTHS=has_lengths, HAS_PROJ=has_proj
                 )

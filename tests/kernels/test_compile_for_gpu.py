@@ -36,7 +36,7 @@ for dtype, precision, H, P, lengths, reverse, proj, (bb, bh, bk) in CASES:
     cfg = RecurrenceConfig(bb, bh, bk, num_warps=4, num_stages=1)
     options = lstm._kernel_options(cfg, H, P if proj else 0, reverse, None)
     options["DOT_PRECISION"] = precision
-    constexprs = {k: v for k, v in options.items() if not k.startswith("num_")}
+    constexprs = {k: v for k, v in options.items() if k not in lstm._LAUNCH_OPTIONS}
     constexprs.update(HAS_LENGTHS=lengths, HAS_PROJ=proj)
     for name, kernel in lstm._KERNELS:
         build = lstm._build(name, kernel, dtype, constexprs, options, {})
