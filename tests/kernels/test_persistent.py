@@ -335,7 +335,7 @@ def test_unsupported_reasons_are_named():
     assert "co-resident" in msg and "132 SMs" in msg
     assert persistent._config_reason("step", cfg, 1024, 64, 0, 4, "tf32", 132) is None
     big = persistent.PersistentConfig(block_b=16, block_hs=64, num_warps=8)
-    assert "exceeds" in persistent._config_reason("step", big, 64, 1024, 0, 4, "tf32", 132)
+    assert "shared memory" in persistent._config_reason("step", big, 64, 1024, 0, 4, "tf32", 132)
     wide = persistent.PersistentConfig(block_b=16, block_hs=16, num_warps=8)
     assert "exact fp32" in persistent._config_reason("step", wide, 64, 512, 0, 4, "ieee", 132)
     with pytest.raises(RuntimeError, match="cannot run this call: unknown design"):
