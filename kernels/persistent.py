@@ -130,9 +130,10 @@ class PersistentConfig:
     """Tiles and launch options of the weight-stationary kernels.
 
     ``block_hs`` hidden units (all four gates) and ``block_b`` batch rows per program;
-    the derived sizes are the padded ``P`` (``block_p``), padded ``H`` (``block_hk``), the
-    projection columns per program (``block_ps``) and the number of slices summed per
-    chunk in backward (``block_ns``).
+    derived: the projection columns per program (``block_ps``), the slices summed per chunk
+    in backward (``block_ns``) and the shared memory the resident slice needs.
+    ``num_warps`` serves every kernel but the step design's forward cell kernel when
+    ``step_cell_warps`` is set (:meth:`warps`).
     """
 
     block_b: int
@@ -229,7 +230,10 @@ def persistent_config(
     is spread over as many programs as possible), then the fewest hidden units per program
     (at least 4, so that the four interleaved gates give ``tl.dot`` 16 columns; 16 with a
     projection, whose backward dot has only the slice's units as columns) for which the grid
-    fits one program per SM (132 when planning without a GPU).
+    fits one program per SM (132 when planning without a GPU); if that slice does not fit
+    :data:`MAX_SMEM_BYTES`, the next wider batch tile (fewer tiles, so more SMs per tile and
+    narrower slices). On a GPU both designs use the same tiles, so their saved tensors and
+    results are the same computation.
     """
     device = torch.device(device)
     if design == "persistent" and device.type != "cuda":
