@@ -155,6 +155,7 @@ def _lstm_fwd_kernel(
     # NP as a trip count LLVM cannot prove constant (T >= 1): unrolled, the K loop hoists
     # every chunk's W_hh loads at once and spills (benchmarks/kernel_resources.py).
     n_k = tl.minimum(NP, NP + T)
+    n_h = tl.minimum(NH, NH + T)
 
     _copy_rows(h0, h_state, o_b, m_b, P, BLOCK_K)
     _copy_rows(c0, c_state, o_b, m_b, H, BLOCK_H)
@@ -244,7 +245,7 @@ def _lstm_fwd_kernel(
                 m_p = o_p < P
                 m_bp = m_b[:, None] & m_p[None, :]
                 acc = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
-                for k in range(0, NH):
+                for k in range(0, n_h):
                     o_k = k * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
                     m_k = o_k < H
                     b_r = tl.load(
@@ -316,6 +317,10 @@ def _lstm_bwd_kernel(
     NH: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     NP: tl.constexpr = (P + BLOCK_K - 1) // BLOCK_K
     NG: tl.constexpr = (4 * H + BLOCK_H - 1) // BLOCK_H
+    # Trip counts LLVM cannot prove constant (T >= 1), so that the K loops stay loops (see
+    # the forward kernel).
+    n_k = tl.minimum(NP, NP + T)
+    n_g = tl.minimum(NG, NG + T)
 
     _copy_rows(d_hn, dh_state, o_b, m_b, P, BLOCK_K)
     _copy_rows(d_cn, dc_state, o_b, m_b, H, BLOCK_H)
@@ -361,7 +366,7 @@ def _lstm_bwd_kernel(
             m_bh = m_b[:, None] & m_h[None, :]
             if HAS_PROJ:
                 b_dr = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-                for k in range(0, NP):
+                for k in range(0, n_k):
                     o_k = k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
                     m_k = o_k < P
                     b_dh = tl.load(
@@ -414,7 +419,7 @@ def _lstm_bwd_kernel(
             m_p = o_p < P
             m_bp = m_b[:, None] & m_p[None, :]
             acc = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
-            for k in range(0, NG):
+            for k in range(0, n_g):
                 o_k = k * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH] over the 4H gate columns
                 m_k = o_k < 4 * H
                 b_da = tl.load(
