@@ -242,7 +242,9 @@ def _tokenize_source(path: Path, progress: bool) -> Corpus:
     ids: list[int] = []
     offsets = [0]
     iterator = rows
-    if progress:
+    # A bar only on a terminal: redirected to a log, carriage-return bars flood it.
+    if progress and sys.stderr.isatty():
+        # Imported here: only an interactive first read of the archive draws a bar.
         from tqdm.auto import tqdm
 
         iterator = tqdm(rows, desc="tokenizing IMDB", unit="review", file=sys.stderr)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -68,17 +65,6 @@ class Vocab:
         )
         return cls([PAD, UNK, *kept[:max_size]])
 
-    @classmethod
-    def from_texts(
-        cls, texts: Iterable[str], max_size: int | None = None, min_freq: int = 1
-    ) -> Vocab:
-        """Tokenize ``texts`` and build from their token counts."""
-        counts: dict[str, int] = {}
-        for text in texts:
-            for tok in tokenize(text):
-                counts[tok] = counts.get(tok, 0) + 1
-        return cls.build(counts, max_size, min_freq)
-
     def __len__(self) -> int:
         return len(self.itos)
 
@@ -98,37 +84,3 @@ class Vocab:
         if max_length is not None:
             ids = ids[:max_length]
         return torch.tensor(ids, dtype=torch.int64)
-
-    def encode_text(self, text: str, max_length: int | None = None) -> Tensor:
-        """``encode(tokenize(text))``."""
-        return self.encode(tokenize(text), max_length)
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.itos[int(i)] for i in ids]
-
-    def to_json(self) -> dict:
-        return {"format": "fastlstm.vocab", "version": 1, "tokens": self.itos}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> Vocab:
-        if not isinstance(obj, dict) or obj.get("format") != "fastlstm.vocab":
-            raise ValueError("not a fastlstm vocabulary (expected format 'fastlstm.vocab')")
-        tokens = obj.get("tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise ValueError("vocabulary 'tokens' must be a list of strings")
-        return cls(tokens)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary as JSON (atomically: a crash never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False))
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Vocab:
-        try:
-            obj = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read vocabulary {path}: {err}") from err
-        return cls.from_json(obj)

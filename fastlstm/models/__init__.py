@@ -1,5 +1,5 @@
 """Models built on fastlstm.LSTM."""
 
-from fastlstm.models.sentiment import PRESETS, SentimentClassifier
+from fastlstm.models.sentiment import POOLINGS, PRESETS, ModelSettings, SentimentClassifier
 
-__all__ = ["PRESETS", "SentimentClassifier"]
+__all__ = ["POOLINGS", "PRESETS", "ModelSettings", "SentimentClassifier"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -10,34 +11,62 @@ from torch import Tensor, nn
 import fastlstm
 from fastlstm.data.text import PAD_INDEX
 
-__all__ = ["PRESETS", "SentimentClassifier"]
+__all__ = ["POOLINGS", "PRESETS", "ModelSettings", "SentimentClassifier"]
 
-# Model presets by name. "exercise" has the size of the teaching exercise this project is
-# measured against (vocabulary 5,000 + 2 specials, embedding 40, hidden 30: 208,751
-# parameters); it differs only where that costs no parameters: max pooling over time instead
-# of the last state, and dropout (pooling="last", dropout=0.0 gives the exercise's head).
-# "default" is the stronger model under 1M parameters.
+POOLINGS = ("last", "max", "mean", "max_mean")
+
+
+@dataclass
+class ModelSettings:
+    """The classifier's architecture apart from its vocabulary size.
+
+    The one list of model keys: :attr:`SentimentClassifier.config` is ``vocab_size`` plus
+    these, :class:`fastlstm.train.TrainConfig` inherits them and ``fastlstm train`` offers an
+    option for each. The defaults are the ``"default"`` preset's. See
+    :class:`SentimentClassifier` for what each one means.
+    """
+
+    embedding_dim: int = 64
+    hidden_size: int = 64
+    num_layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.3
+    pooling: str = "max"
+    backend: str = "auto"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of range."""
+        for name in ("embedding_dim", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def model_kwargs(self, vocab_size: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`SentimentClassifier` for a vocabulary of ``vocab_size``."""
+        names = [f.name for f in fields(ModelSettings)]
+        return {"vocab_size": vocab_size, **{name: getattr(self, name) for name in names}}
+
+
+# Model presets by name: the vocabulary size (words besides the two specials) and the
+# architecture. "exercise" has the size of the teaching exercise this project is measured
+# against (vocabulary 5,000 + 2 specials, embedding 40, hidden 30: 208,751 parameters); it
+# differs only where that costs no parameters: max pooling over time instead of the last
+# state, and dropout (pooling="last", dropout=0.0 gives the exercise's head). "default" is
+# the stronger model under 1M parameters (docs/training.md has the measurements).
 PRESETS: dict[str, dict[str, Any]] = {
     "exercise": {
         "vocab_max_size": 5000,
-        "embedding_dim": 40,
-        "hidden_size": 30,
-        "num_layers": 1,
-        "bidirectional": False,
-        "dropout": 0.25,
-        "pooling": "max",
+        **asdict(
+            ModelSettings(
+                embedding_dim=40, hidden_size=30, bidirectional=False, dropout=0.25, pooling="max"
+            )
+        ),
     },
-    "default": {
-        "vocab_max_size": 10000,
-        "embedding_dim": 64,
-        "hidden_size": 64,
-        "num_layers": 1,
-        "bidirectional": True,
-        "dropout": 0.3,
-        "pooling": "max",
-    },
+    "default": {"vocab_max_size": 10000, **asdict(ModelSettings())},
 }
-POOLINGS = ("last", "max", "mean")
 
 
 class SentimentClassifier(nn.Module):
@@ -53,7 +82,7 @@ class SentimentClassifier(nn.Module):
         backend: the fastlstm backend ("auto", "reference", "aten", "triton").
         pooling: how a review becomes one vector: ``"last"`` the final hidden state of
             each direction (as the exercise), ``"max"``/``"mean"`` over valid time steps
-            of the last layer's output.
+            of the last layer's output, ``"max_mean"`` both side by side.
     """
 
     def __init__(
@@ -70,20 +99,17 @@ class SentimentClassifier(nn.Module):
         super().__init__()
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (two specials + a word), got {vocab_size}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self._config = {
-            "vocab_size": vocab_size,
-            "embedding_dim": embedding_dim,
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "bidirectional": bidirectional,
-            "dropout": dropout,
-            "backend": backend,
-            "pooling": pooling,
-        }
+        self.settings = ModelSettings(
+            embedding_dim=embedding_dim,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            pooling=pooling,
+            backend=backend,
+        )
+        self.settings.check()
+        self.vocab_size = vocab_size
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_INDEX)
         self.lstm = fastlstm.LSTM(
@@ -95,12 +121,13 @@ class SentimentClassifier(nn.Module):
             backend=backend,
         )
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), 1)
+        features = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)
+        self.head = nn.Linear(features, 1)
 
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments: ``SentimentClassifier(**model.config)`` rebuilds the model."""
-        return dict(self._config)
+        return self.settings.model_kwargs(self.vocab_size)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SentimentClassifier:
@@ -130,10 +157,12 @@ class SentimentClassifier(nn.Module):
             valid = (
                 torch.arange(out.shape[0], device=out.device).unsqueeze(1) < lengths.unsqueeze(0)
             ).unsqueeze(-1)  # [T, B, 1]
-            if self.pooling == "max":
-                feat = out.masked_fill(~valid, float("-inf")).amax(0)  # [B, D*H]
-            else:
-                feat = out.sum(0) / lengths.unsqueeze(1).to(out.dtype)  # [B, D*H]
+            pooled = []
+            if self.pooling in ("max", "max_mean"):
+                pooled.append(out.masked_fill(~valid, float("-inf")).amax(0))  # [B, D*H]
+            if self.pooling in ("mean", "max_mean"):
+                pooled.append(out.sum(0) / lengths.unsqueeze(1).to(out.dtype))  # [B, D*H]
+            feat = torch.cat(pooled, dim=-1)  # [B, D*H] or [B, 2*D*H]
         return self.head(self.dropout(feat)).squeeze(-1)  # [B]
 
     @torch.no_grad()

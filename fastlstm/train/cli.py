@@ -1,37 +1,88 @@
-"""``fastlstm train``, ``fastlstm evaluate`` and ``fastlstm predict``.
+"""``fastlstm train``, ``fastlstm evaluate`` and ``fastlstm predict``: parse, check, report.
 
-Parsing, checks of user input and the final one-line summaries live here; the work is done
-by :mod:`fastlstm.data`, :mod:`fastlstm.models` and :mod:`fastlstm.train`.
+The options map one to one onto :class:`~fastlstm.train.config.TrainConfig` fields (``dest``
+is the field's name; ``None`` means "the preset's value"), so defaults live in the config
+and the presets only. The work is done by the library: :mod:`fastlstm.train.datasets`,
+:mod:`~fastlstm.train.loop`, :mod:`~fastlstm.train.checkpoint`, :mod:`~fastlstm.train.predict`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from fastlstm import BACKENDS, select_backend
+from fastlstm.cli import CLIError
+from fastlstm.data import Corpus, DataError, Vocab, load_corpus, resolve_imdb
+from fastlstm.models.sentiment import POOLINGS, PRESETS, SentimentClassifier
+from fastlstm.train.checkpoint import CheckpointError, load_model, read_training_config
+from fastlstm.train.config import LR_SCHEDULES, PRESET_TRAINING, RESUMABLE_KEYS, TrainConfig
+from fastlstm.train.datasets import build_datasets, encode_split, split_indices
+from fastlstm.train.distributed import (
+    destroy_distributed,
+    init_distributed,
+    launched_rank,
+    local_rank_device,
+)
+from fastlstm.train.loop import Trainer, evaluate, seconds_to_text
+from fastlstm.train.predict import ReviewError, predict_texts
+from fastlstm.train.run_folder import RunExistsError, RunFolder
+
 __all__ = ["add_parser"]
 
-TRAIN_DESCRIPTION = """\
+_DEFAULTS = TrainConfig()
+
+
+def _preset_summary(name: str) -> str:
+    """``"bidirectional LSTM 64, embedding 64, max pooling, vocabulary 10,000, 706,817
+    parameters, 6 epochs"`` for preset ``name``, from the preset itself."""
+    p = PRESETS[name]
+    size = sum(
+        t.numel()
+        for t in SentimentClassifier(
+            **TrainConfig.from_preset(name, backend="reference").model_kwargs(
+                p["vocab_max_size"] + 2
+            )
+        ).parameters()
+    )
+    layers = f"{p['num_layers']}-layer " if p["num_layers"] > 1 else ""
+    kind = "bidirectional " if p["bidirectional"] else ""
+    return (
+        f"{layers}{kind}LSTM {p['hidden_size']}, embedding {p['embedding_dim']}, "
+        f"{p['pooling'].replace('_', '+')} pooling, vocabulary {p['vocab_max_size']:,}: "
+        f"{size:,} parameters, {PRESET_TRAINING[name]['epochs']} epochs"
+    )
+
+
+def _train_description() -> str:
+    return f"""\
 Train the IMDB sentiment classifier (embedding -> fastlstm.LSTM -> linear -> logit).
 
-  fastlstm train --data PATH              the default model (~0.7M parameters), 6 epochs
-  fastlstm train --data PATH --preset exercise   the teaching exercise's size (209k), 12 epochs
+  fastlstm train --data PATH                     the default preset
+  fastlstm train --data PATH --preset exercise   the teaching exercise's size
+
+  default:  {_preset_summary("default")}
+  exercise: {_preset_summary("exercise")}
 
 PATH is the aclImdb folder or the .tar.gz archive (official aclImdb_v1.tar.gz or the same
 layout). Without --data, the archive cached by an earlier --download is used; --download
 fetches the official archive (sha256-checked) into the cache when it is not there yet.
 
-Validation takes a seeded 10% of the training reviews; the best epoch on it is kept, then
-scored on the test split. The run folder (--out) receives model.safetensors + model.json (the
-best model, its config and vocabulary), metrics.csv/metrics.json, curves.png and resume/
-(the latest training state). Ctrl-C saves a resumable state; --resume continues the run with
-the same result as if it had not stopped. Under torchrun, training is data-parallel
-(DistributedDataParallel; gloo on CPU, nccl on CUDA):
+Validation takes a seeded {_DEFAULTS.val_fraction:.0%} of the training reviews; the best epoch \
+on it is kept, then scored on the test split. The run folder (--out) receives \
+{RunFolder.MODEL_WEIGHTS} + {RunFolder.MODEL_META} (the best model, its config and \
+vocabulary), {RunFolder.METRICS_CSV}/{RunFolder.METRICS_JSON}, {RunFolder.CURVES} and \
+{RunFolder.RESUME_DIR}/ (the latest training state). Ctrl-C saves a resumable state; \
+--resume continues the run with the same result as if it had not stopped. On a terminal \
+a progress bar shows each epoch; redirected to a file or pipe, one plain line per epoch. \
+Under torchrun, training is data-parallel (DistributedDataParallel; gloo on CPU, nccl on \
+CUDA):
 
   torchrun --nproc-per-node 2 -m fastlstm train --data PATH
 """
@@ -53,14 +104,12 @@ def _fraction(text: str) -> float:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train``, ``evaluate`` and ``predict`` on the ``fastlstm`` parser."""
-    from fastlstm import BACKENDS
-    from fastlstm.models.sentiment import POOLINGS, PRESETS
-
     fmt = argparse.RawDescriptionHelpFormatter
+    d = _DEFAULTS
     p = subparsers.add_parser(
         "train",
         help="train the IMDB sentiment classifier",
-        description=TRAIN_DESCRIPTION,
+        description=_train_description(),
         formatter_class=fmt,
     )
     g = p.add_argument_group("data")
@@ -81,33 +130,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         dest="vocab_max_size",
-        help="most frequent words kept, besides <pad> and <unk> (preset: 10000; exercise 5000)",
+        help="most frequent words kept, besides <pad> and <unk> (preset: "
+        + ", ".join(f"{n} {PRESETS[n]['vocab_max_size']}" for n in PRESETS)
+        + ")",
     )
     g.add_argument(
         "--min-freq",
         type=_positive_int,
         metavar="N",
-        help="drop words seen fewer than N times in training (default 1)",
+        help=f"drop words seen fewer than N times in training (default {d.min_freq})",
     )
     g.add_argument(
         "--max-length",
         type=_positive_int,
         metavar="N",
-        help="keep only the first N tokens of each review (default: all)",
+        help="keep only the first N tokens of each review (default: "
+        + (f"{d.max_length})" if d.max_length else "all)"),
     )
     g.add_argument(
         "--val-fraction",
         type=_fraction,
         metavar="F",
-        help="share of the training reviews held out for validation (default 0.1)",
+        help=f"share of the training reviews held out for validation (default {d.val_fraction})",
     )
     g = p.add_argument_group("model (defaults come from --preset)")
     g.add_argument(
         "--preset",
         choices=list(PRESETS),
         default="default",
-        help="'default': bidirectional LSTM 64, embedding 64, max pooling, "
-        "vocabulary 10,000; 'exercise': LSTM 30, embedding 40, max pooling, 5,000",
+        help="model size and epochs: " + "; ".join(f"'{n}': {_preset_summary(n)}" for n in PRESETS),
     )
     g.add_argument("--embedding-dim", type=_positive_int, metavar="N", help="embedding width")
     g.add_argument(
@@ -129,37 +180,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--pooling",
         choices=POOLINGS,
-        help="review vector: last hidden state, or max/mean over time",
+        help="review vector: last hidden state, max or mean over time, or max and mean",
     )
     g.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="LSTM backend (default auto: triton on CUDA, aten on CPU)",
+        help=f"LSTM backend (default {d.backend}: triton on CUDA, aten on CPU)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument(
         "--epochs",
         type=_positive_int,
         metavar="N",
-        help="epochs (default: 6 for the default preset, 12 for exercise)",
+        help="epochs (preset: "
+        + ", ".join(f"{n} {PRESET_TRAINING[n]['epochs']}" for n in PRESET_TRAINING)
+        + ")",
     )
     g.add_argument(
         "--batch-size",
         type=_positive_int,
         metavar="N",
-        help="reviews per batch, per process (default 64)",
+        help=f"reviews per batch, per process (default {d.batch_size})",
     )
-    g.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 2e-3)")
+    g.add_argument("--lr", type=float, metavar="LR", help=f"Adam learning rate (default {d.lr})")
     g.add_argument(
         "--lr-schedule",
-        choices=("constant", "cosine"),
-        help="constant learning rate, or cosine decay to zero over all epochs (default constant)",
+        choices=LR_SCHEDULES,
+        help="constant learning rate, or cosine decay to zero over all epochs "
+        f"(default {d.lr_schedule})",
     )
     g.add_argument(
         "--clip",
         type=float,
         metavar="NORM",
-        help="gradient-norm clipping threshold, 0 to disable (default 30)",
+        help=f"gradient-norm clipping threshold, 0 to disable (default {d.clip:g})",
     )
     g.add_argument(
         "--patience",
@@ -171,19 +225,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--seed",
         type=int,
         metavar="N",
-        help="seed for initialisation, split and batch order (default 0)",
+        help=f"seed for initialisation, split and batch order (default {d.seed})",
     )
     g = p.add_argument_group("run")
     g.add_argument(
         "--out",
         metavar="DIR",
-        default="runs/imdb",
-        help="run folder for checkpoint, metrics and plots (default runs/imdb)",
+        default=d.out,
+        help=f"run folder for checkpoint, metrics and plots (default {d.out})",
     )
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run saved in --out (its settings; --epochs may extend it)",
+        help="continue the run saved in --out (its settings; "
+        + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_KEYS if k != "progress")
+        + " may change)",
     )
     g.add_argument(
         "--force",
@@ -210,7 +266,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         dest="progress",
         action="store_false",
         default=None,
-        help="no progress bars (epoch lines are still printed)",
+        help="no progress bars (bars are drawn on a terminal only; epoch lines are still printed)",
     )
     p.set_defaults(func=run_train)
 
@@ -221,13 +277,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(or train/val), printing accuracy and loss.",
         formatter_class=fmt,
     )
-    p.add_argument(
-        "--checkpoint",
-        "-c",
-        default="runs/imdb",
-        metavar="DIR",
-        help="run folder (or its model.safetensors) (default runs/imdb)",
-    )
+    _add_checkpoint_option(p)
     p.add_argument("--data", metavar="PATH", help="aclImdb folder or .tar.gz (default: cached)")
     p.add_argument("--cache-dir", metavar="DIR", help="cache folder (see fastlstm train --help)")
     p.add_argument(
@@ -239,9 +289,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=256,
+        default=d.eval_batch_size,
         metavar="N",
-        help="reviews per batch (default 256)",
+        help=f"reviews per batch (default {d.eval_batch_size})",
     )
     p.add_argument("--backend", choices=BACKENDS, help="LSTM backend (default: as trained)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -261,17 +311,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--file", "-f", metavar="FILE", help="read one review per line from FILE ('-' for stdin)"
     )
-    p.add_argument(
-        "--checkpoint",
-        "-c",
-        default="runs/imdb",
-        metavar="DIR",
-        help="run folder (or its model.safetensors) (default runs/imdb)",
-    )
+    _add_checkpoint_option(p)
     p.add_argument("--backend", choices=BACKENDS, help="LSTM backend (default: as trained)")
     p.add_argument("--json", action="store_true", help="one JSON object per review")
     _add_device_options(p)
     p.set_defaults(func=run_predict)
+
+
+def _add_checkpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        "-c",
+        default=_DEFAULTS.out,
+        metavar="DIR",
+        help=f"run folder (or its {RunFolder.MODEL_WEIGHTS}) (default {_DEFAULTS.out})",
+    )
 
 
 def _add_device_options(parser: argparse._ActionsContainer) -> None:
@@ -291,11 +345,6 @@ def _add_device_options(parser: argparse._ActionsContainer) -> None:
 
 def _device(requested: str | None) -> str:
     """Validate ``--device``; a GPU request on a machine without one is a user error."""
-    import torch
-
-    from fastlstm.cli import CLIError
-    from fastlstm.train.trainer import local_rank_device
-
     if requested is None:
         return local_rank_device("cuda") if torch.cuda.is_available() else "cpu"
     try:
@@ -318,11 +367,6 @@ def _device(requested: str | None) -> str:
 
 
 def _check_backend(backend: str | None, device: str, hidden_size: int) -> None:
-    import torch
-
-    from fastlstm import select_backend
-    from fastlstm.cli import CLIError
-
     if backend is None:
         return
     try:
@@ -333,25 +377,17 @@ def _check_backend(backend: str | None, device: str, hidden_size: int) -> None:
 
 def _threads(n: int | None) -> None:
     if n:
-        import torch
-
         torch.set_num_threads(n)
 
 
 def _data_path(data: str | None, cache_dir: str | None, download: bool = False) -> Path:
-    from fastlstm.cli import CLIError
-    from fastlstm.data import DataError, resolve_imdb
-
     try:
         return resolve_imdb(data, cache_dir, download)
     except DataError as err:
         raise CLIError(str(err)) from err
 
 
-def _load_corpus(path: Path, cache_dir: str | None, progress: bool) -> Any:
-    from fastlstm.cli import CLIError
-    from fastlstm.data import DataError, load_corpus
-
+def _load_corpus(path: Path, cache_dir: str | None, progress: bool) -> Corpus:
     try:
         corpus = load_corpus(path, cache_dir=cache_dir, progress=progress)
     except DataError as err:
@@ -361,83 +397,45 @@ def _load_corpus(path: Path, cache_dir: str | None, progress: bool) -> Any:
     return corpus
 
 
-def _init_distributed(device: str) -> bool:
-    """Join the torchrun process group when launched by torchrun; True if distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    return True
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from fastlstm.cli import CLIError
-    from fastlstm.data import Vocab
-    from fastlstm.train.checkpoint import CheckpointError, read_json
-    from fastlstm.train.trainer import (
-        RESUME_DIR,
-        TrainConfig,
-        Trainer,
-        build_datasets,
-        seconds_to_text,
-    )
-
-    t0 = time.perf_counter()
-    out = Path(args.out)
+def _train_config(args: argparse.Namespace, run: RunFolder) -> tuple[TrainConfig, Vocab | None]:
+    """The run's settings (and vocabulary, when resuming) from the options."""
     overrides = {
         k: v
         for k, v in vars(args).items()
         if v is not None and k in TrainConfig.__dataclass_fields__ and k not in ("out", "preset")
     }
-    vocab = None
     if args.resume:
-        state_path = out / RESUME_DIR / "state.json"
-        if not state_path.is_file():
-            raise CLIError(
-                f"--resume: no saved run in {out} ({state_path} missing); "
-                "check --out, or start a new run without --resume"
-            )
         try:
-            state = read_json(state_path)
-            config = TrainConfig.from_dict(state["config"])
-            vocab = Vocab(state["vocab"])
-        except (CheckpointError, KeyError, TypeError, ValueError) as err:
+            saved, vocab = read_training_config(run.path)
+        except CheckpointError as err:
             raise CLIError(f"--resume: {err}") from err
-        # Only where the data lives, how long to train and how to show it may change.
-        for key in ("data", "cache_dir", "epochs", "progress", "threads", "device"):
-            if key in overrides:
-                setattr(config, key, overrides[key])
+        config = saved.resumed(overrides)
+        device = args.device if args.device is not None else config.device
     else:
-        names = ("model.json", "model.safetensors", RESUME_DIR)
-        existing = [n for n in names if (out / n).exists()]
-        if existing and not args.force:
-            raise CLIError(
-                f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue "
-                "it, --force to replace it, or choose another --out"
-            )
+        vocab, device = None, args.device
         try:
-            config = TrainConfig.from_preset(args.preset, out=str(out), **overrides)
-        except ValueError as err:
+            run.check_new(force=args.force)
+            config = TrainConfig.from_preset(args.preset, **overrides)
+            config.check()
+        except (RunExistsError, ValueError) as err:
             raise CLIError(str(err)) from err
-    config.out = str(out)
-    config.device = _device(
-        args.device if args.device is not None else (config.device if args.resume else None)
-    )
+    config.out = str(run.path)
+    config.device = _device(device)
+    return config, vocab
+
+
+def run_train(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    run = RunFolder(args.out)
+    config, vocab = _train_config(args, run)
     _check_backend(config.backend, config.device, config.hidden_size)
-    if config.progress and not sys.stderr.isatty():
-        config.progress = False
-    path = _data_path(config.data, config.cache_dir, getattr(args, "download", False))
+    path = _data_path(config.data, config.cache_dir, args.download)
     config.data = str(path)
     corpus = _load_corpus(path, config.cache_dir, config.progress)
     data = build_datasets(config, corpus, vocab)
-    if args.force and not args.resume and int(os.environ.get("RANK", "0")) == 0:
-        _remove_run(out)
-    distributed = _init_distributed(config.device)
+    if args.force and not args.resume and launched_rank() == 0:
+        run.remove_run()
+    distributed = init_distributed(config.device)
     try:
         trainer = Trainer(config, data)
         try:
@@ -446,48 +444,32 @@ def run_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--resume: {err}") from err
     finally:
         if distributed:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            destroy_distributed()
     if trainer.rank != 0:
         return 0
-    elapsed = seconds_to_text(time.perf_counter() - t0)
+    print(_train_summary(result, trainer, run, time.perf_counter() - t0), flush=True)
+    return 130 if result["status"] == "interrupted" else 0
+
+
+def _train_summary(result: dict[str, Any], trainer: Trainer, run: RunFolder, seconds: float) -> str:
     if result["status"] == "interrupted":
-        print(
+        return (
             f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step}; saved to "
-            f"{result['resume']}; continue with: fastlstm train --out {out} --resume",
-            flush=True,
+            f"{result['resume']}; continue with: fastlstm train --out {run.path} --resume"
         )
-        return 130
     test = (
         f"test accuracy {100 * result['test_accuracy']:.2f}%, " if "test_accuracy" in result else ""
     )
     val = result["best_val_accuracy"]
     best = f"best val accuracy {100 * val:.2f}% " if val is not None else "no validation, kept "
-    print(
+    return (
         f"{test}{best}(epoch {result['best_epoch']}/{result['epochs_run']}"
-        f"{', early stop' if result['status'] == 'early_stopped' else ''}) in {elapsed}; "
-        f"checkpoint {result['checkpoint']}, plots {result.get('plot')}",
-        flush=True,
+        f"{', early stop' if result['status'] == 'early_stopped' else ''}) in "
+        f"{seconds_to_text(seconds)}; checkpoint {result['checkpoint']}, plots {result.get('plot')}"
     )
-    return 0
-
-
-def _remove_run(out: Path) -> None:
-    """Delete the files a previous run left in ``out`` (only those ``train`` writes)."""
-    import shutil
-
-    from fastlstm.train.trainer import RESUME_DIR
-
-    for name in ("model.safetensors", "model.json", "metrics.csv", "metrics.json", "curves.png"):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
 
 
 def _load_checkpoint(path: str, backend: str | None, device: str) -> Any:
-    from fastlstm.cli import CLIError
-    from fastlstm.train.checkpoint import CheckpointError, load_model
-
     try:
         model, vocab, meta = load_model(path, backend=backend)
     except CheckpointError as err:
@@ -497,23 +479,15 @@ def _load_checkpoint(path: str, backend: str | None, device: str) -> Any:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from fastlstm.data import ReviewDataset, train_val_split
-    from fastlstm.train.trainer import TrainConfig, evaluate
-
     t0 = time.perf_counter()
     _threads(args.threads)
     device = _device(args.device)
     model, vocab, meta = _load_checkpoint(args.checkpoint, args.backend, device)
     path = _data_path(args.data, args.cache_dir)
     corpus = _load_corpus(path, args.cache_dir, progress=False)
-    if args.split == "test":
-        idx = corpus.split_indices("test")
-    else:
-        cfg = TrainConfig.from_dict(meta.get("train_config", {}))
-        all_train = corpus.split_indices("train")
-        tr, va = train_val_split(len(all_train), cfg.val_fraction, cfg.seed)
-        idx = all_train[tr if args.split == "train" else va]
-    dataset = ReviewDataset(corpus.encode(vocab, idx, meta.get("max_length")), corpus.labels[idx])
+    cfg = TrainConfig.from_dict(meta.get("train_config", {}))
+    idx = split_indices(corpus, cfg.val_fraction, cfg.seed)[args.split]
+    dataset = encode_split(corpus, vocab, idx, meta.get("max_length"))
     metrics = evaluate(model, dataset, args.batch_size, device)
     seconds = time.perf_counter() - t0
     if args.json:
@@ -537,8 +511,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_reviews(args: argparse.Namespace) -> list[str]:
-    from fastlstm.cli import CLIError
-
     texts = list(args.texts)
     if args.file is not None:
         if args.file == "-":
@@ -556,32 +528,14 @@ def _read_reviews(args: argparse.Namespace) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    from fastlstm.cli import CLIError
-    from fastlstm.data import UNK_INDEX, collate, tokenize
-
     _threads(args.threads)
     device = _device(args.device)
     texts = _read_reviews(args)
     model, vocab, meta = _load_checkpoint(args.checkpoint, args.backend, device)
-    encoded = []
-    for n, text in enumerate(texts, 1):
-        tokens = tokenize(text)
-        if not tokens:
-            raise CLIError(f"review {n} is empty; give some text to score")
-        ids = vocab.encode(tokens, meta.get("max_length"))
-        if bool((ids == UNK_INDEX).all()):
-            raise CLIError(
-                f"review {n} ({text[:40]!r}) has no word the model knows, so its score would be "
-                "meaningless; give an English movie review"
-            )
-        encoded.append((ids, 0))
-    probs: list[float] = []
-    for start in range(0, len(encoded), 256):
-        tokens, lengths, _ = collate(encoded[start : start + 256])
-        with torch.no_grad():
-            probs += model.predict_proba(tokens.to(device), lengths.to(device)).tolist()
+    try:
+        probs = predict_texts(model, vocab, texts, meta.get("max_length"), device=device)
+    except ReviewError as err:
+        raise CLIError(str(err)) from err
     for text, p in zip(texts, probs, strict=True):
         label = "positive" if p >= 0.5 else "negative"
         if args.json:

@@ -1,6 +1,5 @@
-import json
-
 import pytest
+import torch
 
 from fastlstm.data import PAD, UNK, UNK_INDEX, Vocab, tokenize
 
@@ -32,32 +31,27 @@ def test_vocab_specials_max_size_and_ties():
     assert Vocab.build(counts).itos[-1] == "d"
 
 
-def test_vocab_from_texts_and_encode():
-    vocab = Vocab.from_texts(["the film", "The end"], max_size=None)
-    ids = vocab.encode_text("the unseen film")
+def test_vocab_encode_maps_unknown_words_and_truncates():
+    vocab = Vocab.build({"the": 2, "film": 1, "end": 1})
+    ids = vocab.encode(tokenize("the unseen film"))
+    assert ids.dtype == torch.int64
     assert ids.tolist() == [vocab.stoi["the"], UNK_INDEX, vocab.stoi["film"]]
-    assert vocab.encode_text("the film the film", max_length=2).tolist() == ids[[0, 2]].tolist()
-    assert vocab.decode(ids) == ["the", UNK, "film"]
-
-
-def test_vocab_json_round_trip(tmp_path):
-    vocab = Vocab.from_texts(["a b c a b a", "émigré's tale"])
-    vocab.save(tmp_path / "vocab.json")
-    loaded = Vocab.load(tmp_path / "vocab.json")
-    assert loaded == vocab
-    assert loaded.fingerprint() == vocab.fingerprint()
-    assert json.loads((tmp_path / "vocab.json").read_text())["tokens"][:2] == [PAD, UNK]
+    assert vocab.encode(["the", "film", "the"], max_length=2).tolist() == ids[[0, 2]].tolist()
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("tokens", "match"),
     [
-        pytest.param("{not json", id="malformed"),
-        pytest.param('{"format": "other"}', id="wrong-format"),
-        pytest.param('{"format": "fastlstm.vocab", "tokens": ["a", "b"]}', id="no-specials"),
+        pytest.param(["a", "b"], "must start with", id="no-specials"),
+        pytest.param([PAD, UNK, "a", "a"], "duplicate", id="duplicates"),
     ],
 )
-def test_vocab_load_rejects_bad_files(tmp_path, content):
-    (tmp_path / "v.json").write_text(content)
-    with pytest.raises(ValueError, match=r"vocabulary|fastlstm"):
-        Vocab.load(tmp_path / "v.json")
+def test_vocab_rejects_bad_token_lists(tokens, match):
+    with pytest.raises(ValueError, match=match):
+        Vocab(tokens)
+
+
+def test_fingerprint_tells_vocabularies_apart():
+    a = Vocab([PAD, UNK, "good", "bad"])
+    assert a.fingerprint() == Vocab(list(a.itos)).fingerprint()
+    assert a.fingerprint() != Vocab([PAD, UNK, "bad", "good"]).fingerprint()

@@ -1,7 +1,9 @@
+from dataclasses import fields
+
 import pytest
 import torch
 
-from fastlstm.models import PRESETS, SentimentClassifier
+from fastlstm.models import PRESETS, ModelSettings, SentimentClassifier
 
 CONFIGS = [
     pytest.param({"embedding_dim": 8, "hidden_size": 6}, id="E8-H6-last"),
@@ -16,6 +18,10 @@ CONFIGS = [
             "pooling": "mean",
         },
         id="L2-bidir-mean",
+    ),
+    pytest.param(
+        {"embedding_dim": 7, "hidden_size": 4, "bidirectional": True, "pooling": "max_mean"},
+        id="bidir-max_mean",
     ),
 ]
 
@@ -64,11 +70,20 @@ def test_backends_agree():
     assert (ref.last_backend, aten.last_backend) == ("reference", "aten")
 
 
-def test_config_rebuilds_the_model():
-    model = SentimentClassifier(30, 4, 3, num_layers=2, dropout=0.2, pooling="mean")
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_rebuilds_the_model(config):
+    model = SentimentClassifier(30, dropout=0.2, **config).eval()
     clone = SentimentClassifier.from_config(model.config)
     assert clone.config == model.config
+    assert set(model.config) == {"vocab_size", *(f.name for f in fields(ModelSettings))}
     clone.load_state_dict(model.state_dict())
+    tokens, lengths = _batch([5, 2, 3], vocab=30)
+    torch.testing.assert_close(clone.eval()(tokens, lengths), model(tokens, lengths))
+    # A fresh model from the same config (other weights) gives other logits: the check
+    # above compares trained weights, not two copies of a constant.
+    torch.manual_seed(123)
+    other = SentimentClassifier.from_config(model.config).eval()
+    assert not torch.allclose(other(tokens, lengths), model(tokens, lengths))
 
 
 def test_presets_sizes():
@@ -93,6 +108,7 @@ def test_embedding_pads_with_zero_and_empty_review_runs():
         pytest.param({"vocab_size": 2}, "vocab_size", id="tiny-vocab"),
         pytest.param({"pooling": "attention"}, "pooling", id="pooling"),
         pytest.param({"dropout": 1.0}, "dropout", id="dropout"),
+        pytest.param({"hidden_size": 0}, "hidden_size", id="hidden-0"),
     ],
 )
 def test_bad_arguments(kwargs, match):

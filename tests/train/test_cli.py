@@ -65,8 +65,15 @@ def _cli(*args, stdin=None, env=None):
 
 def test_train_evaluate_predict_end_to_end(tmp_path, archive):
     out = tmp_path / "run"
-    rc, stdout, stderr = _cli(*_train_argv(archive, out, tmp_path / "cache", "--epochs", 2))
+    # Without --no-progress: stderr is a pipe here, so no progress bars, one line per epoch.
+    argv = _train_argv(archive, out, tmp_path / "cache", "--epochs", 2)
+    argv.remove("--no-progress")
+    rc, stdout, stderr = _cli(*argv)
     assert rc == 0, stderr
+    assert "\r" not in stderr and "\x1b" not in stderr, stderr
+    epoch_lines = [line for line in stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"], stderr
+    assert all("train loss" in line and "val loss" in line for line in epoch_lines)
     summary = stdout.strip().splitlines()[-1]
     assert "test accuracy" in summary and str(out / "model.safetensors") in summary
     assert (out / "curves.png").is_file() and (out / "metrics.csv").is_file()

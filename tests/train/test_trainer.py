@@ -1,12 +1,29 @@
+import csv
+import io
+import itertools
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastlstm.data import load_corpus, write_synthetic_imdb
-from fastlstm.train import CheckpointError, TrainConfig, Trainer, build_datasets, load_model
-from fastlstm.train.trainer import RESUME_DIR
+from fastlstm.data import PAD, UNK, Vocab, load_corpus, write_synthetic_imdb
+from fastlstm.models import PRESETS
+from fastlstm.train import (
+    CheckpointError,
+    ReviewError,
+    RunFolder,
+    TrainConfig,
+    Trainer,
+    build_datasets,
+    evaluate,
+    load_model,
+    predict_texts,
+)
+from fastlstm.train.checkpoint import vocab_from_json, vocab_to_json
+from fastlstm.train.config import PRESET_TRAINING
+from fastlstm.train.datasets import split_indices
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +52,67 @@ def _config(out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_synthetic_task_is_learned(tmp_path, corpus):
+def test_synthetic_task_is_learned_and_the_run_folder_says_so(tmp_path, corpus):
     cfg = _config(tmp_path / "run", epochs=6)
-    result = Trainer(cfg, build_datasets(cfg, corpus)).fit()
+    data = build_datasets(cfg, corpus)
+    result = Trainer(cfg, data).fit()
+    run = RunFolder(tmp_path / "run")
     assert result["status"] == "finished"
-    assert result["test_accuracy"] > 0.8
-    files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {
-        "model.safetensors",
-        "model.json",
-        "metrics.csv",
-        "metrics.json",
-        "curves.png",
-        RESUME_DIR,
-    } <= files
-    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert {p.name for p in run.path.iterdir()} == {
+        run.MODEL_WEIGHTS,
+        run.MODEL_META,
+        run.METRICS_CSV,
+        run.METRICS_JSON,
+        run.CURVES,
+        run.RESUME_DIR,
+    }
+    metrics = json.loads(run.metrics_json.read_text())
+    history = metrics["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    # Learning, not luck: the training loss falls from chance level (ln 2 for a balanced
+    # binary task) and ends far below where it started; validation follows.
+    losses = [row["train_loss"] for row in history]
+    assert losses[0] > 0.5 and losses[-1] < 0.5 * losses[0], losses
+    assert sum(b < a for a, b in itertools.pairwise(losses)) >= 4, losses
+    assert max(row["val_accuracy"] for row in history) > 0.9
+    assert all(row["train_reviews"] == len(data.train) for row in history)
+    # The CSV holds the same rows as the JSON.
+    with run.metrics_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx(losses, rel=1e-12)
+    # The best epoch is the one with the highest validation accuracy, the model files hold
+    # it, and the reported test accuracy is that model's, re-evaluated here.
+    best = max(history, key=lambda r: r["val_accuracy"])
+    assert result["best_epoch"] == best["epoch"]
+    assert result["best_val_accuracy"] == best["val_accuracy"]
+    meta = json.loads(run.model_meta.read_text())
+    assert (
+        meta["epoch"] == best["epoch"]
+        and meta["result"]["test_accuracy"] == (result["test_accuracy"])
+    )
+    assert metrics["result"]["test_accuracy"] == result["test_accuracy"]
+    model, _, _ = load_model(run.path)
+    again = evaluate(model, data.test, batch_size=32)
+    assert again["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-12)
+    assert again["loss"] == pytest.approx(result["test_loss"], rel=1e-5)
+    assert result["test_accuracy"] > 0.85
+
+
+def test_default_config_is_the_default_preset():
+    assert TrainConfig() == TrainConfig.from_preset("default")
+    for name in PRESETS:
+        cfg = TrainConfig.from_preset(name)
+        for key, value in {**PRESETS[name], **PRESET_TRAINING[name]}.items():
+            assert getattr(cfg, key) == value, (name, key)
+
+
+def test_validation_split_is_seeded_and_disjoint(corpus):
+    a = split_indices(corpus, 0.2, seed=3)
+    assert torch.equal(a["val"], split_indices(corpus, 0.2, seed=3)["val"])
+    assert not torch.equal(a["val"], split_indices(corpus, 0.2, seed=4)["val"])
+    train, val = set(a["train"].tolist()), set(a["val"].tolist())
+    assert not train & val and len(val) == round(0.2 * len(train | val))
+    assert train | val == set(corpus.split_indices("train").tolist())
 
 
 def test_checkpoint_round_trip(tmp_path, corpus):
@@ -70,7 +132,7 @@ def test_checkpoint_round_trip(tmp_path, corpus):
 
 
 def _final_state(out):
-    return load_file(out / RESUME_DIR / "weights.safetensors")
+    return load_file(RunFolder(out).resume_weights)
 
 
 def _history(out):
@@ -187,3 +249,72 @@ def test_learns_a_small_real_subset(imdb_path, tmp_path):
     )
     result = Trainer(cfg, build_datasets(cfg, corpus)).fit()
     assert result["test_accuracy"] > 0.7, result
+
+
+def test_predict_texts_scores_in_batches_and_rejects_meaningless_reviews(saved_run):
+    model, vocab, meta = load_model(saved_run)
+    texts = ["a wonderful superb film", "boring awful and dull", "the plot was brilliant"] * 3
+    one_batch = predict_texts(model, vocab, texts, meta.get("max_length"))
+    in_twos = predict_texts(model, vocab, texts, meta.get("max_length"), batch_size=2)
+    assert in_twos == pytest.approx(one_batch, abs=1e-6)
+    # Each review alone gives the same probability: padding in a batch changes nothing.
+    alone = [predict_texts(model, vocab, [t])[0] for t in texts[:3]]
+    assert one_batch[:3] == pytest.approx(alone, abs=1e-6)
+    assert len(set(alone)) == 3
+    with pytest.raises(ReviewError, match="review 2 is empty") as err:
+        predict_texts(model, vocab, ["great film", "  ", "awful film"])
+    assert err.value.index == 1
+    with pytest.raises(ReviewError, match=r"review 1 .* no word"):
+        predict_texts(model, vocab, ["qwzx xqzw"])
+
+
+def test_vocabulary_round_trips_through_checkpoint_json(tmp_path):
+    vocab = Vocab([PAD, UNK, "émigré's", "tale", "the"])
+    meta = json.loads(json.dumps(vocab_to_json(vocab), ensure_ascii=False))
+    assert vocab_from_json(meta, tmp_path / "m.json") == vocab
+    with pytest.raises(CheckpointError, match="does not match"):
+        vocab_from_json({**meta, "vocab": [PAD, UNK, "tale", "émigré's", "the"]}, tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        vocab_from_json({**meta, "vocab": "the"}, tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        vocab_from_json({**meta, "vocab": ["a", "b"]}, tmp_path)
+
+
+def test_resume_refuses_another_vocabulary(tmp_path, corpus):
+    cfg = _config(tmp_path / "run", epochs=1)
+    Trainer(cfg, build_datasets(cfg, corpus)).fit()
+    other = build_datasets(_config(tmp_path / "run", epochs=2, vocab_max_size=20), corpus)
+    with pytest.raises(CheckpointError, match="vocabulary differs"):
+        Trainer(_config(tmp_path / "run", epochs=2), other).fit(resume=True)
+
+
+def test_cosine_schedule_reaches_zero_at_the_end(tmp_path, corpus):
+    cfg = _config(tmp_path / "run", epochs=2, lr_schedule="cosine", evaluate_test=False)
+    lrs = []
+    trainer = Trainer(cfg, build_datasets(cfg, corpus))
+    trainer.on_step = lambda t, e, s: lrs.append(t.optimizer.param_groups[0]["lr"])
+    trainer.fit()
+    steps = len(lrs)
+    assert lrs[0] == pytest.approx(cfg.lr)
+    expected = [cfg.lr * 0.5 * (1 + math.cos(math.pi * k / steps)) for k in range(steps)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, _Terminal], ids=["pipe", "terminal"])
+def test_progress_bars_only_on_a_terminal(tmp_path, corpus, stream):
+    log = stream()
+    cfg = _config(tmp_path / "run", epochs=2, progress=True, evaluate_test=False)
+    Trainer(cfg, build_datasets(cfg, corpus), log=log).fit()
+    text = log.getvalue()
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("epoch ")]
+    assert sum(": train loss" in line for line in lines) == 2
+    if stream is _Terminal:
+        assert "\r" in text and "batch" in text  # tqdm redraws its bar in place
+    else:
+        assert "\r" not in text
+        assert text.splitlines() == lines  # nothing but the epoch lines

@@ -1,0 +1,387 @@
+"""The training loop: seeded, resumable, optionally data-parallel; and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastlstm.data import BucketBatchSampler, ReviewDataset, collate
+from fastlstm.models.sentiment import SentimentClassifier
+from fastlstm.train.checkpoint import (
+    TrainingState,
+    load_training_state,
+    read_json,
+    read_tensors,
+    save_model,
+    save_training_state,
+    write_json,
+)
+from fastlstm.train.config import TrainConfig
+from fastlstm.train.datasets import Datasets
+from fastlstm.train.distributed import all_reduce_sum, world
+from fastlstm.train.metrics import write_metrics
+from fastlstm.train.run_folder import RunFolder
+
+__all__ = ["Trainer", "epoch_line", "evaluate", "seconds_to_text"]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: ReviewDataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> dict[str, float]:
+    """Mean BCE loss and accuracy of ``model`` on ``dataset`` (sharded under DDP)."""
+    device = torch.device(device)
+    n_ranks, rank = world()
+    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False, num_replicas=1, rank=0)
+    batches = list(sampler)[rank::n_ranks]
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = count = 0.0
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    for idx in batches:
+        tokens, lengths, labels = collate([dataset[i] for i in idx])
+        tokens, lengths, labels = tokens.to(device), lengths.to(device), labels.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(tokens, lengths).float()
+        loss_sum += float(loss_fn(logits, labels))
+        correct += float(((logits > 0).float() == labels).sum())
+        count += len(idx)
+    model.train(was_training)
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C (or SIGTERM) into a request to stop after the current step.
+
+    SIGTERM is included because torchrun forwards a Ctrl-C to its workers as SIGTERM.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in self.SIGNALS:
+            # Outside the main thread signals cannot be caught; training still runs.
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
+def _progress_bar(total: int, initial: int, desc: str, stream: TextIO) -> Any:
+    """A tqdm bar on ``stream``, or None when ``stream`` is not a terminal.
+
+    Redirected to a file or a pipe, carriage-return bars would flood the log; the trainer's
+    one line per epoch says what a reader needs there.
+    """
+    if not stream.isatty():
+        return None
+    # Imported here: only interactive runs draw bars.
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="batch",
+        file=stream,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def epoch_line(row: dict[str, float], epochs: int) -> str:
+    """The one plain line printed per epoch."""
+    msg = (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.4f}"
+    )
+    if "val_accuracy" in row:
+        msg += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+    return msg + f" | {row['train_seconds']:.1f}s train, {row['eval_seconds']:.1f}s eval"
+
+
+class Trainer:
+    """Trains a :class:`SentimentClassifier` and writes checkpoints, metrics and plots.
+
+    Args:
+        config: the run's settings.
+        data: vocabulary and encoded datasets (from :func:`build_datasets`).
+        on_step: optional ``callback(trainer, epoch, step)`` after every optimizer step;
+            tests use it to simulate Ctrl-C through :meth:`request_stop`.
+        log: where the line per epoch goes (default ``sys.stderr``); progress bars are
+            drawn there too, when it is a terminal and ``config.progress`` is on.
+
+    Under ``torchrun`` (process group initialised by the caller), the model is wrapped in
+    ``DistributedDataParallel``, batches are dealt across ranks, metrics are all-reduced
+    and only rank 0 writes files or shows progress.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Datasets,
+        on_step: Callable[[Trainer, int, int], None] | None = None,
+        log: TextIO | None = None,
+    ) -> None:
+        config.check()
+        self.config, self.data, self.on_step = config, data, on_step
+        self.log = log
+        self.device = torch.device(config.device)
+        self.run = RunFolder(config.out)
+        self.out = self.run.path
+        self.world, self.rank = world()
+        self.main = self.rank == 0
+        self._stop = _StopFlag()
+        torch.manual_seed(config.seed)
+        self.model = SentimentClassifier(**config.model_kwargs(len(data.vocab))).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.ddp: nn.Module = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.sampler = BucketBatchSampler(
+            data.train.lengths,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            num_replicas=self.world,
+            rank=self.rank,
+        )
+        self.state = TrainingState()
+
+    # The position, for callers and callbacks (``trainer.epoch``, ``trainer.step``).
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.state.best
+
+    def request_stop(self) -> None:
+        """Stop after the current step and save a resumable checkpoint (what Ctrl-C does)."""
+        self._stop.requested = True
+
+    @property
+    def amp(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
+
+    def _stop_now(self) -> bool:
+        flag = float(self._stop.requested)
+        if self.world > 1:  # every rank must stop at the same step or DDP deadlocks
+            flag = all_reduce_sum([flag], self.device)[0]
+        return flag > 0
+
+    def _save_resume(self) -> None:
+        if self.main:
+            save_training_state(
+                self.out, self.config, self.data.vocab, self.state, self.model, self.optimizer
+            )
+
+    def load_resume(self) -> None:
+        """Restore the state saved in ``<out>/resume`` (model, optimizer, position, RNG)."""
+        self.state = load_training_state(self.out, self.data.vocab, self.model, self.optimizer)
+
+    def _set_lr(self, steps_per_epoch: int) -> None:
+        """Cosine decay to zero over the run, from the position alone (so resume matches)."""
+        if self.config.lr_schedule == "constant":
+            return
+        s = self.state
+        done = (s.epoch * steps_per_epoch + s.step) / (self.config.epochs * steps_per_epoch)
+        lr = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _train_epoch(self) -> bool:
+        """Run (the rest of) epoch ``self.epoch``; False when stopped part-way."""
+        cfg, s = self.config, self.state
+        self.sampler.set_epoch(s.epoch)
+        batches = list(self.sampler)
+        loss_fn = nn.BCEWithLogitsLoss()
+        self.ddp.train()
+        bar = None
+        if self.main and cfg.progress:
+            bar = _progress_bar(
+                len(batches), s.step, f"epoch {s.epoch + 1}/{cfg.epochs}", self._log_stream
+            )
+        p = s.partial
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            for idx in batches[s.step :]:
+                tokens, lengths, labels = collate([self.data.train[i] for i in idx])
+                tokens, lengths = tokens.to(self.device), lengths.to(self.device)
+                labels = labels.to(self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    logits = self.ddp(tokens, lengths).float()
+                loss = loss_fn(logits, labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+                self._set_lr(len(batches))
+                self.optimizer.step()
+                s.step += 1
+                p["loss_sum"] += float(loss.detach()) * len(idx)
+                p["correct"] += float(((logits.detach() > 0).float() == labels).sum())
+                p["count"] += len(idx)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{p['loss_sum'] / p['count']:.4f}",
+                        acc=f"{p['correct'] / p['count']:.3f}",
+                        refresh=False,
+                    )
+                if self.on_step is not None:
+                    self.on_step(self, s.epoch, s.step)
+                if self._stop_now():
+                    return False
+        finally:
+            p["seconds"] += time.perf_counter() - t0
+            p["cpu_seconds"] += time.process_time() - c0
+            if bar is not None:
+                bar.close()
+        return True
+
+    @property
+    def _log_stream(self) -> TextIO:
+        return self.log if self.log is not None else sys.stderr
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train for ``config.epochs`` epochs (from the saved state when ``resume``).
+
+        Returns a summary: ``status`` ("finished", "early_stopped" or "interrupted"), the
+        best epoch and validation accuracy, test metrics when a test set was given, timings
+        and the paths written.
+        """
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_resume()
+        t_start = time.perf_counter()
+        status = "finished"
+        with self._stop:
+            while self.state.epoch < cfg.epochs:
+                if not self._train_epoch():
+                    self._save_resume()
+                    status = "interrupted"
+                    break
+                self._end_epoch()
+                if cfg.patience is not None and self.state.stale_epochs >= cfg.patience:
+                    status = "early_stopped"
+                    break
+        result: dict[str, Any] = {
+            "status": status,
+            "epochs_run": len(self.state.history),
+            "best_epoch": self.state.best["epoch"],
+            "best_val_accuracy": self.state.best["val_accuracy"],
+            "seconds": time.perf_counter() - t_start,
+            "world_size": self.world,
+            "out": str(self.out),
+            "checkpoint": str(self.run.model_weights),
+            "resume": str(self.run.resume),
+        }
+        if status == "interrupted":
+            return result
+        if self.data.test is not None and cfg.evaluate_test and self.state.best["epoch"] > 0:
+            # Every rank reloads the best weights from the file rank 0 wrote at that epoch;
+            # the barrier makes sure the last write has landed.
+            if self.world > 1:
+                dist.barrier()
+            self.model.load_state_dict(read_tensors(self.run.model_weights))
+            test = evaluate(self.ddp, self.data.test, cfg.eval_batch_size, self.device, self.amp)
+            result.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+        if self.main:
+            result["plot"] = str(write_metrics(self.run, self.state.history, result, cfg))
+            meta = read_json(self.run.model_meta)
+            meta["result"] = {k: v for k, v in result.items() if k != "out"}
+            write_json(self.run.model_meta, meta)
+        return result
+
+    def _end_epoch(self) -> None:
+        cfg, s = self.config, self.state
+        p = s.partial
+        loss_sum, correct, count = all_reduce_sum(
+            [p["loss_sum"], p["correct"], p["count"]], self.device
+        )
+        row: dict[str, float] = {
+            "epoch": s.epoch + 1,
+            "train_loss": loss_sum / max(count, 1),
+            "train_accuracy": correct / max(count, 1),
+            "train_reviews": count,
+            "train_seconds": p["seconds"],
+            "train_cpu_seconds": p["cpu_seconds"],
+        }
+        t0 = time.perf_counter()
+        if self.data.val is not None:
+            val = evaluate(self.ddp, self.data.val, cfg.eval_batch_size, self.device, self.amp)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        row["eval_seconds"] = time.perf_counter() - t0
+        s.history.append(row)
+        score = row.get("val_accuracy", -row["train_loss"])
+        if s.best["score"] is None or score > s.best["score"]:
+            s.best = {"score": score, "val_accuracy": row.get("val_accuracy"), "epoch": s.epoch + 1}
+            s.stale_epochs = 0
+            if self.main:
+                save_model(
+                    self.out,
+                    self.model,
+                    self.data.vocab,
+                    {
+                        "max_length": cfg.max_length,
+                        "train_config": cfg.to_dict(),
+                        "epoch": s.epoch + 1,
+                        "val_accuracy": row.get("val_accuracy"),
+                    },
+                )
+        else:
+            s.stale_epochs += 1
+        s.next_epoch()
+        if self.main:
+            print(epoch_line(row, cfg.epochs), file=self._log_stream, flush=True)
+        self._save_resume()
+
+
+def seconds_to_text(s: float) -> str:
+    """``75.2`` → ``"1m16s"``; ``3720`` → ``"1h02m00s"``."""
+    m, s = divmod(math.ceil(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
