@@ -13,6 +13,10 @@ import torch
 
 __all__ = ["add_parser", "run"]
 
+# Timed calls every case gets even past --budget: fewer make a median at the mercy of one
+# stall on a shared machine.
+MIN_REPEATS = 5
+
 DESCRIPTION = """\
 Check each implementation against torch.nn.LSTM on the benchmark input, then time it forward
 and forward+backward side by side, with peak memory. Prints a table of times and speedups
@@ -67,15 +71,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--modes", default="fwd,fwd+bwd", metavar="LIST", help="fwd, fwd+bwd or both (default)"
     )
-    parser.add_argument("--repeats", type=int, default=10, help="most timed calls per case")
+    parser.add_argument(
+        "--repeats", type=int, default=50, help="most timed calls per case (default 50)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
     parser.add_argument(
         "--budget",
         type=float,
-        default=0.5,
+        default=1.0,
         metavar="SECONDS",
-        help="stop repeating a case after this many timed seconds, once 3 calls are timed "
-        "(default 0.5; 0 = always do --repeats)",
+        help="stop repeating a case after this many seconds per provider (settle calls "
+        "included), once 5 calls are timed (default 1; 0 = always do --repeats)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from fastlstm.bench.runner import MODES, RunConfig, run_benchmarks
     from fastlstm.bench.shapes import parse_shapes
-    from fastlstm.bench.timing import SETTLE_CALLS
+    from fastlstm.bench.timing import SETTLE_CALLS, steady_cpu_allocator
     from fastlstm.cli import CLIError
 
     if args.list:
@@ -214,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         warmup=args.warmup,
         repeats=args.repeats,
-        min_repeats=min(3, args.repeats),
+        min_repeats=min(MIN_REPEATS, args.repeats),
         budget_s=args.budget or None,
         memory=not args.no_memory,
     )
@@ -241,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
             "budget_s": config.budget_s,
             "memory": config.memory,
             "memory_method": _memory_method(device),
+            "cpu_allocator": steady_cpu_allocator() if device.type == "cpu" else None,
             "seed": config.seed,
             "elapsed_s": round(time.perf_counter() - start, 1),
             "command": command,

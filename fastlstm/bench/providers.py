@@ -186,7 +186,6 @@ class Case:
     grad_c: Tensor
     input_grad: Callable[[], Tensor | None]
     module: nn.Module | None = None
-    notes: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # set around every call and backward
 
     @contextlib.contextmanager
@@ -293,7 +292,6 @@ def build_case(name: str, problem: Problem) -> Case:
             problem, nn.LSTM(shape.I, shape.H, shape.layers, bidirectional=shape.bidirectional)
         )
         call = lambda: _flatten(module(x))  # noqa: E731
-        notes = ["ignores lengths: results past each length differ"] if shape.variable else []
     elif name.startswith("fastlstm-"):
         from fastlstm import LSTM
 
@@ -306,7 +304,6 @@ def build_case(name: str, problem: Problem) -> Case:
         )
         lens = None if lengths is None else lengths.to(device)
         call = lambda: _flatten(module(x, lengths=lens))  # noqa: E731
-        notes = []
     elif name == "python-loop":
         module = None
         weights = [w.detach().clone().requires_grad_() for w in problem.reference._flat_weights]
@@ -314,7 +311,6 @@ def build_case(name: str, problem: Problem) -> Case:
         call = lambda: python_loop_lstm(  # noqa: E731
             x, weights, shape.layers, shape.bidirectional, lens
         )
-        notes = []
     else:
         raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
     leaves = [x, *(module.parameters() if module is not None else weights)]
@@ -329,7 +325,6 @@ def build_case(name: str, problem: Problem) -> Case:
         problem.grad_c,
         lambda: x.grad,
         module,
-        notes,
         env={DESIGN_ENV: design} if design else {},
     )
 

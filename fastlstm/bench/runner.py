@@ -32,7 +32,7 @@ from fastlstm.bench.providers import (
     provider_unavailable_reason,
 )
 from fastlstm.bench.shapes import Shape
-from fastlstm.bench.timing import measure_interleaved, peak_memory
+from fastlstm.bench.timing import measure_interleaved, peak_memory, steady_cpu_allocator
 
 __all__ = [
     "MODES",
@@ -283,6 +283,8 @@ def run_benchmarks(
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     precisions = resolve_precisions(dtype)
+    if device.type == "cpu":
+        steady_cpu_allocator()
     rows: list[dict[str, object]] = []
     bar = _Progress(len(shapes) * len(precisions), progress)
     try:
