@@ -1,9 +1,13 @@
-"""Fused LSTM recurrence in Triton: one launch runs the whole time loop of a layer direction.
+"""Fused LSTM recurrence in Triton, batch-tiled: one launch runs a direction's whole time loop.
 
-Reads top to bottom: forward kernel, backward kernel, host launchers (allocate, build the
-grid, launch; no autograd), the ``autograd.Function``, and the public :func:`lstm_direction`.
-The equations, what each kernel keeps on chip and what it stores for backward are derived in
-``docs/kernels.md``; gate order is i, f, g, o as in ``torch.nn.LSTM``, ``P`` = proj_size or H.
+Reads top to bottom: ``@triton.jit`` helpers, forward kernel, backward kernel, the batch-tiled
+launchers (``batch_forward``/``batch_backward``: allocate, build the grid, launch; no
+autograd), the recurrence pair ``lstm_recurrence_forward``/``backward`` that dispatches to the
+design ``kernels.launch.choose_design`` picks (this one, or ``kernels/persistent.py``'s),
+``resource_cases()`` for ``benchmarks/kernel_resources.py``, and the public
+:func:`lstm_direction`. The equations, what each kernel keeps on chip and what it stores for
+backward are derived in ``docs/kernels.md``; gate order is i, f, g, o as in
+``torch.nn.LSTM``, ``P`` = proj_size or H.
 
 Work split. The input projection ``x W_ih^T + b`` for all steps is one GEMM before the loop,
 and the weight, input and bias gradients are GEMMs/reductions after the backward loop; only
@@ -14,13 +18,15 @@ the gate nonlinearities and the cell update, then a CTA barrier so that every th
 the new ``h`` before the next step reads it. ``h`` and ``c`` live in small fp32 per-program
 state buffers (L1/L2-resident) rather than registers, because a step reads ``h`` in chunks
 that differ from the tiles it writes; ``h`` is double-buffered so that a step's writes do
-not race its own reads.
+not race its own reads. Optional inputs (``lengths``, ``w_hr`` and the projection's
+buffers) are ``None`` pointers switched by ``@triton.heuristics``.
 
 Variable lengths. Row ``b`` at step ``s`` works on sequence position ``s`` (or
 ``len_b - 1 - s`` when ``reverse``), so each sequence starts at its own first (or last)
 valid position with no pack/unpack copies. Rows with ``s >= len_b`` keep their state and
-write zeros at position ``s``; a program stops at the longest length in its tile and then
-zero-fills the remaining positions (store-only).
+write zeros at position ``s``; a program loops to the longest length in its tile, and the
+positions past it are zero-filled (store-only) before the loop. The last step stores the
+final state, so nothing stays live past the loop (no spills: see ``docs/kernels.md``).
 """
 
 from __future__ import annotations
