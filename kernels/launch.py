@@ -1,9 +1,12 @@
 """Launch settings for the LSTM kernels: pure functions of shape, dtype and device.
 
-One place decides tile sizes, warps and stages, deterministically (no autotuning), so a
-given shape on a given GPU always runs the same code: reproducible tests and benchmarks.
-It also says which requests the kernels cannot serve (:func:`unsupported_reason`), which
-the ``auto`` backend selection uses to fall back.
+One place decides tile sizes, warps, stages and register budgets, deterministically (no
+autotuning), so a given shape on a given GPU always runs the same code: reproducible tests
+and benchmarks. It also says which requests the kernels cannot serve
+(:func:`unsupported_reason`), which the ``auto`` backend selection uses to fall back; which
+kernel design serves a call (:func:`choose_design`, forced by ``FASTLSTM_TRITON_DESIGN``);
+the one door every launch goes through (:func:`launch`); and the compile spec of a kernel
+at one launch setting (:class:`KernelBuild`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "RecurrenceConfig",
     "choose_design",
     "design_step_us",
+    "design_unsupported_reason",
     "dot_precision",
     "forced_design",
     "interpreting",
