@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastlstm.data import iter_imdb, load_corpus
-from fastlstm.train import TrainConfig, Trainer, build_datasets
+from fastlstm.train import RunFolder, TrainConfig, Trainer, build_datasets
 
 # The exercise's tokenizer: lower-case words and a few punctuation marks, <br /> removed.
 _BR = re.compile(r"<br\s*/?>")
@@ -147,7 +147,7 @@ def run_fastlstm(
         )
         data = build_datasets(config, load_corpus(path))
         result = Trainer(config, data).fit()
-        history = json.loads((Path(out) / "metrics.json").read_text())["history"]
+        history = json.loads(RunFolder(out).metrics_json.read_text())["history"]
     for row in history:
         print(
             f"fastlstm[{backend}] epoch {row['epoch']}: {row['train_seconds']:.1f}s train, "
