@@ -399,7 +399,7 @@ def measure(i):
     compiled = triton.compile(
         ASTSource(b.kernel, signature, constexprs=constexprs),
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": b.num_warps, "num_stages": b.num_stages},
+        options={"num_warps": b.num_warps, "num_stages": b.num_stages, "maxnreg": b.maxnreg},
     )
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.ptx")
