@@ -12,8 +12,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# (subcommand module, one-line help); imported lazily so `fastlstm bench` never pays for
-# the training stack and vice versa.
+from fastlstm import __version__
+
+# Subcommand modules, imported by name when the parser is built: they import CLIError from
+# here, so importing them at the top of this module would be a cycle.
 _SUBCOMMANDS = (
     "fastlstm.train.cli",
     "fastlstm.bench.cli",
@@ -25,8 +27,6 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastlstm import __version__
-
     parser = argparse.ArgumentParser(
         prog="fastlstm",
         description="fastlstm: a drop-in torch.nn.LSTM with fused Triton kernels, "

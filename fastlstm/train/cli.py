@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -61,28 +62,46 @@ def _preset_summary(name: str) -> str:
 
 
 def _train_description() -> str:
+    def para(text: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width=90)
+
+    presets = "\n".join(
+        textwrap.fill(
+            _preset_summary(name),
+            width=90,
+            initial_indent=f"  {name + ':':<10}",
+            subsequent_indent=" " * 12,
+        )
+        for name in PRESETS
+    )
+    run = RunFolder
+    data = para(
+        """PATH is the aclImdb folder or the .tar.gz archive (official aclImdb_v1.tar.gz or
+        the same layout). Without --data, the archive cached by an earlier --download is used;
+        --download fetches the official archive (sha256-checked) into the cache when it is not
+        there yet."""
+    )
+    outputs = para(
+        f"""Validation takes a seeded {_DEFAULTS.val_fraction:.0%} of the training reviews;
+        the best epoch on it is kept, then scored on the test split. The run folder (--out)
+        receives {run.MODEL_WEIGHTS} + {run.MODEL_META} (the best model, its config and
+        vocabulary), {run.METRICS_CSV}/{run.METRICS_JSON}, {run.CURVES} and {run.RESUME_DIR}/
+        (the latest training state). Ctrl-C saves a resumable state; --resume continues the
+        run with the same result as if it had not stopped. On a terminal a progress bar shows
+        each epoch; redirected to a file or a pipe, one plain line per epoch. Under torchrun,
+        training is data-parallel (DistributedDataParallel; gloo on CPU, nccl on CUDA):"""
+    )
     return f"""\
 Train the IMDB sentiment classifier (embedding -> fastlstm.LSTM -> linear -> logit).
 
   fastlstm train --data PATH                     the default preset
   fastlstm train --data PATH --preset exercise   the teaching exercise's size
 
-  default:  {_preset_summary("default")}
-  exercise: {_preset_summary("exercise")}
+{presets}
 
-PATH is the aclImdb folder or the .tar.gz archive (official aclImdb_v1.tar.gz or the same
-layout). Without --data, the archive cached by an earlier --download is used; --download
-fetches the official archive (sha256-checked) into the cache when it is not there yet.
+{data}
 
-Validation takes a seeded {_DEFAULTS.val_fraction:.0%} of the training reviews; the best epoch \
-on it is kept, then scored on the test split. The run folder (--out) receives \
-{RunFolder.MODEL_WEIGHTS} + {RunFolder.MODEL_META} (the best model, its config and \
-vocabulary), {RunFolder.METRICS_CSV}/{RunFolder.METRICS_JSON}, {RunFolder.CURVES} and \
-{RunFolder.RESUME_DIR}/ (the latest training state). Ctrl-C saves a resumable state; \
---resume continues the run with the same result as if it had not stopped. On a terminal \
-a progress bar shows each epoch; redirected to a file or pipe, one plain line per epoch. \
-Under torchrun, training is data-parallel (DistributedDataParallel; gloo on CPU, nccl on \
-CUDA):
+{outputs}
 
   torchrun --nproc-per-node 2 -m fastlstm train --data PATH
 """
