@@ -20,8 +20,8 @@ from fastlstm.bench.shapes import GRIDS, Shape
 
 TOLERANCE = 0.10
 ATTEMPTS = 3
-# Cheap cases run up to 41 rounds; slow ones stop at the budget, after at least 9.
-CONFIG = RunConfig(warmup=1, repeats=41, min_repeats=9, budget_s=0.3, memory=False)
+# Cheap cases run up to 41 rounds; slow ones stop at the budget, after at least 15.
+CONFIG = RunConfig(warmup=1, repeats=41, min_repeats=15, budget_s=0.3, memory=False)
 
 
 def _control_ratios(shape: Shape) -> dict[str, float]:
