@@ -60,6 +60,8 @@ class TrainConfig(ModelSettings):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.vocab_max_size is not None and self.vocab_max_size < 1:
+            raise ValueError(f"vocab_max_size must be >= 1 or None, got {self.vocab_max_size}")
         for name in ("batch_size", "eval_batch_size", "epochs", "min_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

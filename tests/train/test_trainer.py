@@ -318,3 +318,26 @@ def test_progress_bars_only_on_a_terminal(tmp_path, corpus, stream):
     else:
         assert "\r" not in text
         assert text.splitlines() == lines  # nothing but the epoch lines
+
+
+def test_resume_changes_only_the_resumable_settings():
+    saved = TrainConfig(lr=1e-3, epochs=3, seed=4)
+    resumed = saved.resumed({"epochs": 9, "threads": 2, "lr": 5.0, "seed": 0, "hidden_size": 3})
+    assert (resumed.epochs, resumed.threads) == (9, 2)
+    assert (resumed.lr, resumed.seed, resumed.hidden_size) == (1e-3, 4, saved.hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        pytest.param({"lr_schedule": "step"}, "lr_schedule", id="schedule"),
+        pytest.param({"val_fraction": 1.0}, "val_fraction", id="val-fraction"),
+        pytest.param({"batch_size": 0}, "batch_size", id="batch-size"),
+        pytest.param({"vocab_max_size": 0}, "vocab_max_size", id="vocab-size"),
+        pytest.param({"pooling": "attention"}, "pooling", id="pooling"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, corpus, change, match):
+    cfg = _config(tmp_path / "run", **change)
+    with pytest.raises(ValueError, match=match):
+        cfg.check()
