@@ -114,11 +114,6 @@ DESIGNS = ("persistent", "step")
 # Polls of the barrier counter before a program gives up (an L2 atomic round trip each,
 # so on the order of seconds): far beyond any legitimate wait, short of a hang.
 SPIN_LIMIT = 1 << 22
-# ptxas register budget per thread (.maxnreg). Left to itself ptxas aims at several
-# resident blocks per SM and caps registers (128 at 8 warps), spilling in some settings;
-# these kernels run one program per SM by design, so every register may be theirs
-# (255 x 256 threads fits the 64K register file).
-MAXNREG = 255
 # Shared memory per program a config may plan for (sm_90 allows 227 KiB per block): Triton
 # keeps the loop-invariant tl.dot operand (the resident slice) there and stages the step's
 # h tile; PersistentConfig.smem_bytes estimates both, within ~4 KiB of what
@@ -1144,7 +1139,7 @@ def persistent_forward(
     w_hr = None if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     grid = cfg.grid(B, H)
-    opts = {"device": dev, "num_stages": cfg.num_stages, "maxnreg": MAXNREG}
+    opts = {"device": dev, "num_stages": cfg.num_stages}
     common = dict(
         xp=xp.contiguous(),
         w_hh=w_hh,
@@ -1233,12 +1228,7 @@ def persistent_backward(
     w_hr = None if w_hr is None else w_hr.to(w_hh.dtype).contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     block_ns = cfg.block_ns(H, cfg.block_ps(H, proj) if proj else cfg.block_hs)
-    opts = {
-        "device": dev,
-        "num_warps": cfg.warps("persistent_bwd"),
-        "num_stages": cfg.num_stages,
-        "maxnreg": MAXNREG,
-    }
+    opts = {"device": dev, "num_warps": cfg.warps("persistent_bwd"), "num_stages": cfg.num_stages}
     common = dict(
         d_out=d_out.contiguous(),
         d_hn=d_hn.contiguous(),
@@ -1321,7 +1311,6 @@ def _build(name, kernel, dtype, constexprs, cfg, hidden, fields) -> KernelBuild:
         constexprs=constexprs,
         num_warps=cfg.warps(name),
         num_stages=cfg.num_stages,
-        maxnreg=MAXNREG,
         dtype=t,
         hidden=hidden,
         fields=fields,
