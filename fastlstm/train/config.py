@@ -87,7 +87,3 @@ class TrainConfig(ModelSettings):
         return TrainConfig.from_dict(
             {**self.to_dict(), **{k: v for k, v in overrides.items() if k in RESUMABLE_KEYS}}
         )
-
-    @property
-    def model_settings(self) -> ModelSettings:
-        return ModelSettings(**{f.name: getattr(self, f.name) for f in fields(ModelSettings)})
