@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import os
 
-# Before triton is imported: compile the kernels rather than interpret them.
+# Before triton is imported: compile the kernels rather than interpret them, and really
+# compile (a cache hit would skip the ptxas run whose report this script reads).
 os.environ["TRITON_INTERPRET"] = "0"
+os.environ["TRITON_ALWAYS_COMPILE"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import argparse
@@ -61,6 +63,37 @@ class Resources:
     stack: int
     spill_stores: int
     spill_loads: int
+
+
+class _PtxasLogs:
+    """Stands in for ``subprocess`` inside Triton's NVIDIA backend and keeps the report of
+    every ``ptxas -v`` it runs: the numbers of the cubin Triton really builds, with Triton's
+    own ptxas flags (they change register allocation, e.g. ``--regAllocOptLevel``)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.logs: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def run(self, cmd, *args, **kwargs):
+        result = self._real.run(cmd, *args, **kwargs)
+        log = kwargs.get("stderr")
+        if "-v" in cmd and hasattr(log, "name"):
+            with open(log.name) as f:
+                self.logs.append(f.read())
+        return result
+
+
+def _recording_backend() -> _PtxasLogs | None:
+    try:
+        from triton.backends.nvidia import compiler
+    except ImportError:
+        return None
+    if not isinstance(compiler.subprocess, _PtxasLogs):
+        compiler.subprocess = _PtxasLogs(compiler.subprocess)
+    return compiler.subprocess
 
 
 def _ptxas() -> str:
@@ -101,30 +134,37 @@ def compile_build(build: KernelBuild, capability: int = 90):
 
 
 def resources(build: KernelBuild) -> Resources:
-    """Compile ``build`` and read its resource usage from ``ptxas -v``."""
+    """Compile ``build`` and read its resource usage from ``ptxas -v``: the report of the
+    ptxas run Triton makes itself, else (another Triton) a run of our own on its PTX."""
+    recorder = _recording_backend()
+    seen = len(recorder.logs) if recorder is not None else 0
     compiled = compile_build(build)
-    ptx = compiled.asm["ptx"]
-    arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(ptx)
-        run = subprocess.run(
-            [_ptxas(), "-v", "--gpu-name", arch, str(src), "-o", str(Path(tmp) / "kernel.o")],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    log = run.stdout + run.stderr
+    if recorder is not None and len(recorder.logs) > seen:
+        log, ok = recorder.logs[-1], True
+    else:
+        log, ok = _own_ptxas_run(compiled.asm["ptx"])
     regs = re.search(r"Used (\d+) registers", log)
     frame = re.search(
         r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log
     )
-    if run.returncode != 0 or regs is None or frame is None:
+    if not ok or regs is None or frame is None:
         raise RuntimeError(f"ptxas -v failed for {build.name}:\n{log[-2000:]}")
     static_smem = re.search(r"(\d+) bytes smem", log)
     smem = compiled.metadata.shared + (int(static_smem.group(1)) if static_smem else 0)
     stack, stores, loads = (int(v) for v in frame.groups())
     return Resources(int(regs.group(1)), smem, stack, stores, loads)
+
+
+def _own_ptxas_run(ptx: str) -> tuple[str, bool]:
+    arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        cmd = [_ptxas(), "-lineinfo", "-v", "--gpu-name", arch, str(src)]
+        src.write_text(ptx)
+        run = subprocess.run(
+            [*cmd, "-o", str(Path(tmp) / "kernel.o")], capture_output=True, text=True, check=False
+        )
+    return run.stdout + run.stderr, run.returncode == 0
 
 
 def line(build: KernelBuild, res: Resources) -> str:
