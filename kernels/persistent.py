@@ -98,7 +98,7 @@ from .launch import (
     launch,
     unsupported_reason,
 )
-from .lstm import _sigmoid, _tanh
+from .lstm import _sigmoid, _tanh, _tile_lengths
 
 __all__ = [
     "DESIGNS",
@@ -538,10 +538,7 @@ def _persistent_fwd_kernel(
     p_error = sync + tl.num_programs(1)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
-    else:
-        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
     n_steps = tl.max(b_len, 0)  # the same for every slice of the tile: same barrier count
 
     b_w = _load_w_hh_t(w_hh, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, 4BHS] resident
@@ -625,10 +622,7 @@ def _step_fwd_kernel(
     i_b = tl.program_id(1)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
-    else:
-        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
     p_h_cur = h_state + (s % 2) * B * P
     p_h_nxt = h_state + ((s + 1) % 2) * B * P
     if PHASE == 0:
@@ -895,10 +889,7 @@ def _persistent_bwd_kernel(
     p_error = sync + tl.num_programs(1)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
-    else:
-        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
     n_steps = tl.max(b_len, 0)
 
     b_w = _load_w_hh_t(w_hh, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, 4BHS] resident
@@ -981,10 +972,7 @@ def _step_bwd_kernel(
     n_slices = tl.num_programs(0)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
     m_b = o_b < B
-    if HAS_LENGTHS:
-        b_len = tl.load(lengths + o_b, mask=m_b, other=0).to(tl.int64)
-    else:
-        b_len = tl.where(m_b, T, 0).to(tl.int64)
+    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
     s = T - 1 - i
     slice_stride = n_slices * B * P
     p_part_in = dh_part + ((s + 1) % 2) * slice_stride
