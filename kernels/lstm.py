@@ -836,19 +836,18 @@ def lstm_direction(
 
     Raises:
         ValueError: shapes, dtypes, devices or lengths that do not fit together.
-        RuntimeError: a request the kernels cannot serve (see :func:`can_serve`).
+        RuntimeError: a request the kernels cannot serve (see
+            :func:`fastlstm.kernels.launch.unsupported_reason`).
     """
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = (
-            None if t is None else t.to(dtype) for t in (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-        )
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = direction.autocast_inputs(
+        (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), x.device.type
+    )
     _check_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths)
-    reason = can_serve(x, w_hh, w_hr)
-    if reason is not None:
-        raise RuntimeError(f"the Triton LSTM kernels cannot run this call: {reason}")
     _, B, _ = x.shape
     H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    reason = unsupported_reason(x.device, x.dtype, H, 0 if w_hr is None else P)
+    if reason is not None:
+        raise RuntimeError(f"the Triton LSTM kernels cannot run this call: {reason}")
     if h0 is None:
         h0 = x.new_zeros(B, P)
     if c0 is None:
