@@ -254,6 +254,21 @@ def _positions(b_len, m_b, s, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _batch_tile(lengths, i_b, B, T, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Rows of batch tile ``i_b`` (int32: see the module docstring), their mask and lengths."""
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    m_b = o_b < B
+    return o_b, m_b, _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)
+
+
+@triton.jit
+def _unit_cols(i_h, m_b, H, BLOCK_HS: tl.constexpr):
+    """Hidden units of slice ``i_h`` and the [rows, units] mask of the tile."""
+    o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
+    return o_u, m_b[:, None] & (o_u < H)[None, :]
+
+
+@triton.jit
 def _gate_cols(i_h, H, BLOCK_HS: tl.constexpr):
     """Row of W_hh (= column of xp, gates, d_xp) of each interleaved column ``4*u + g``."""
     o_j = tl.arange(0, 4 * BLOCK_HS)  # [4BHS]
@@ -387,8 +402,7 @@ def _fwd_cell(
     b_c_new = b_f * b_c + b_i * b_g
     b_r = b_o * _tanh(b_c_new)
     b_c = tl.where(mv, b_c_new, b_c)
-    o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)  # [BHS]
-    m_bu = m_b[:, None] & (o_u < H)[None, :]
+    o_u, m_bu = _unit_cols(i_h, m_b, H, BLOCK_HS)  # [BHS], [BB, BHS]
     tl.store(cs + o_row[:, None] * H + o_u[None, :], tl.where(mv, b_c, 0.0), mask=m_bu)
     if HAS_PROJ:
         tl.store(
@@ -475,8 +489,7 @@ def _fwd_pad(
         tl.zeros([BLOCK_B, 4 * BLOCK_HS], tl.float32),
         mask=m_b[:, None] & m_col[None, :],
     )
-    o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
-    m_bu = m_b[:, None] & (o_u < H)[None, :]
+    o_u, m_bu = _unit_cols(i_h, m_b, H, BLOCK_HS)  # [BHS], [BB, BHS]
     tl.store(
         cs + o_row[:, None] * H + o_u[None, :], tl.zeros([BLOCK_B, BLOCK_HS], tl.float32), mask=m_bu
     )
@@ -536,16 +549,13 @@ def _persistent_fwd_kernel(
     n_slices = tl.num_programs(0)
     p_count = sync + i_b
     p_error = sync + tl.num_programs(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
-    m_b = o_b < B
-    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
+    o_b, m_b, b_len = _batch_tile(lengths, i_b, B, T, HAS_LENGTHS, BLOCK_B)  # [BB]
     n_steps = tl.max(b_len, 0)  # the same for every slice of the tile: same barrier count
 
     b_w = _load_w_hh_t(w_hh, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, 4BHS] resident
     if HAS_PROJ:
         b_wr = _load_w_hr_t(w_hr, i_h, H, P, BLOCK_PS, BLOCK_HK)  # [BHK, BPS] resident
-    o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
-    m_bu = m_b[:, None] & (o_u < H)[None, :]
+    o_u, m_bu = _unit_cols(i_h, m_b, H, BLOCK_HS)  # [BHS], [BB, BHS]
     b_c = tl.load(c0 + o_b[:, None] * H + o_u[None, :], mask=m_bu, other=0.0).to(tl.float32)
 
     ok = n_steps >= 0  # True; False once a barrier has timed out
@@ -620,16 +630,13 @@ def _step_fwd_kernel(
 ):
     i_h = tl.program_id(0)
     i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
-    m_b = o_b < B
-    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
+    o_b, m_b, b_len = _batch_tile(lengths, i_b, B, T, HAS_LENGTHS, BLOCK_B)  # [BB]
     p_h_cur = h_state + (s % 2) * B * P
     p_h_nxt = h_state + ((s + 1) % 2) * B * P
     if PHASE == 0:
         b_w = _load_w_hh_t(w_hh, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, 4BHS]
-        o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
+        o_u, m_bu = _unit_cols(i_h, m_b, H, BLOCK_HS)  # [BHS], [BB, BHS]
         p_c = c_state + o_b[:, None] * H + o_u[None, :]
-        m_bu = m_b[:, None] & (o_u < H)[None, :]
         b_c = tl.load(p_c, mask=m_bu, other=0.0)
         b_c = _fwd_cell(
             xp, gates, cs, out, p_h_cur, p_h_nxt, r_state, b_w, b_c, o_b, m_b, b_len, s, i_h, B,
@@ -887,9 +894,7 @@ def _persistent_bwd_kernel(
     n_slices = tl.num_programs(0)
     p_count = sync + i_b
     p_error = sync + tl.num_programs(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
-    m_b = o_b < B
-    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
+    o_b, m_b, b_len = _batch_tile(lengths, i_b, B, T, HAS_LENGTHS, BLOCK_B)  # [BB]
     n_steps = tl.max(b_len, 0)
 
     b_w = _load_w_hh_t(w_hh, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, 4BHS] resident
@@ -897,8 +902,7 @@ def _persistent_bwd_kernel(
         b_wr = _load_w_hr_cols(w_hr, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, BHS] resident
     else:
         b_wr = b_w
-    o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
-    m_bu = m_b[:, None] & (o_u < H)[None, :]
+    o_u, m_bu = _unit_cols(i_h, m_b, H, BLOCK_HS)  # [BHS], [BB, BHS]
     b_dc = tl.load(d_cn + o_b[:, None] * H + o_u[None, :], mask=m_bu, other=0.0).to(tl.float32)
 
     ok = n_steps >= 0
@@ -970,9 +974,7 @@ def _step_bwd_kernel(
     i_h = tl.program_id(0)
     i_b = tl.program_id(1)
     n_slices = tl.num_programs(0)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB] int32: see the module docstring
-    m_b = o_b < B
-    b_len = _tile_lengths(lengths, o_b, m_b, T, HAS_LENGTHS)  # [BB]
+    o_b, m_b, b_len = _batch_tile(lengths, i_b, B, T, HAS_LENGTHS, BLOCK_B)  # [BB]
     s = T - 1 - i
     slice_stride = n_slices * B * P
     p_part_in = dh_part + ((s + 1) % 2) * slice_stride
@@ -988,8 +990,7 @@ def _step_bwd_kernel(
             b_wr = _load_w_hr_cols(w_hr, i_h, H, P, BLOCK_HS, BLOCK_P)  # [BP, BHS]
         else:
             b_wr = b_w
-        o_u = i_h * BLOCK_HS + tl.arange(0, BLOCK_HS)
-        m_bu = m_b[:, None] & (o_u < H)[None, :]
+        o_u, m_bu = _unit_cols(i_h, m_b, H, BLOCK_HS)  # [BHS], [BB, BHS]
         p_dc = dc_state + o_b[:, None] * H + o_u[None, :]
         b_dc = tl.load(p_dc, mask=m_bu, other=0.0)
         b_dc = _bwd_cell(
