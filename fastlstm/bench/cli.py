@@ -186,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from fastlstm.bench.runner import MODES, RunConfig, run_benchmarks
     from fastlstm.bench.shapes import parse_shapes
-    from fastlstm.bench.timing import SETTLE_CALLS, steady_cpu_allocator
+    from fastlstm.bench.timing import SETTLE_CALLS
     from fastlstm.cli import CLIError
+    from fastlstm.runtime import steady_cpu_allocator
 
     if args.list:
         print(_listing())

@@ -32,7 +32,8 @@ from fastlstm.bench.providers import (
     provider_unavailable_reason,
 )
 from fastlstm.bench.shapes import Shape
-from fastlstm.bench.timing import measure_interleaved, peak_memory, steady_cpu_allocator
+from fastlstm.bench.timing import measure_interleaved, peak_memory
+from fastlstm.runtime import steady_cpu_allocator
 
 __all__ = [
     "MODES",

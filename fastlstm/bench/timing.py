@@ -19,9 +19,6 @@ provider's allocations trigger never lands in another provider's call.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import gc
 import os
 import statistics
@@ -39,7 +36,6 @@ __all__ = [
     "balanced_orders",
     "measure_interleaved",
     "peak_memory",
-    "steady_cpu_allocator",
 ]
 
 # Untimed calls of the same callable right before each timed call (see the module docstring).
@@ -174,41 +170,6 @@ def balanced_orders(n: int) -> list[list[int]]:
     if n % 2:
         orders += [order[::-1] for order in orders]
     return orders
-
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-@functools.cache
-def steady_cpu_allocator() -> str | None:
-    """Make glibc's malloc treat every CPU provider alike, whatever ran before; says how.
-
-    By default glibc serves large blocks with fresh ``mmap`` pages (a page fault on every
-    first touch, every call) until a large block is freed, which raises that threshold for
-    the rest of the process. So the same call ran at different speeds depending on what the
-    process had done before: measured, ``fastlstm-auto`` forward+backward at
-    ``T200-B8-I32-H32-L2-bidir-var10`` took 48 ms in a run of 3 providers and 24 ms with the
-    threshold fixed, while the full grid (whose big frees had raised it) read 7x against
-    ``nn.LSTM`` where the short run read 5x. Fixing both thresholds (the largest mmap
-    threshold glibc accepts, and no trimming) gives every call the reused-heap behaviour of
-    a long-running process. Returns a description for the results, or None where the C
-    library is not glibc (nothing is changed then).
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        return None
-    mmap_threshold, trim_threshold = 32 << 20, 1 << 30
-    if not (
-        mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-    ):
-        return None
-    return "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB"
 
 
 @contextlib.contextmanager
