@@ -16,6 +16,7 @@ from torch import nn
 
 from fastlstm.data import BucketBatchSampler, ReviewDataset, collate
 from fastlstm.models.sentiment import SentimentClassifier
+from fastlstm.runtime import steady_cpu_allocator
 from fastlstm.train.checkpoint import (
     TrainingState,
     load_training_state,
@@ -292,6 +293,10 @@ class Trainer:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            # Every step frees and reallocates the same large activations; glibc's default
+            # hands them back to the OS and page-faults them in again on every step.
+            steady_cpu_allocator(heap_only=True)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
