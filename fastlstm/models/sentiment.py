@@ -22,7 +22,9 @@ class ModelSettings:
 
     The one list of model keys: :attr:`SentimentClassifier.config` is ``vocab_size`` plus
     these, :class:`fastlstm.train.TrainConfig` inherits them and ``fastlstm train`` offers an
-    option for each. The defaults are the ``"default"`` preset's. See
+    option for each. The defaults are the ``"default"`` preset's, except the two embedding
+    dropouts, whose defaults keep the plain model (and configs saved before they existed):
+    ``embedding_dropout`` follows ``dropout`` and ``token_dropout`` is off. See
     :class:`SentimentClassifier` for what each one means.
     """
 
@@ -31,6 +33,8 @@ class ModelSettings:
     num_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.3
+    embedding_dropout: float | None = None
+    token_dropout: float = 0.0
     pooling: str = "max"
     backend: str = "auto"
 
@@ -41,8 +45,10 @@ class ModelSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embedding_dropout", "token_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
 
     def model_kwargs(self, vocab_size: int) -> dict[str, Any]:
         """Keyword arguments of :class:`SentimentClassifier` for a vocabulary of ``vocab_size``."""
@@ -65,7 +71,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             )
         ),
     },
-    "default": {"vocab_max_size": 10000, **asdict(ModelSettings())},
+    "default": {
+        "vocab_max_size": 10000,
+        **asdict(ModelSettings(embedding_dropout=0.0, token_dropout=0.25)),
+    },
 }
 
 
@@ -78,7 +87,12 @@ class SentimentClassifier(nn.Module):
         hidden_size: LSTM hidden size per direction.
         num_layers: stacked LSTM layers.
         bidirectional: run each layer in both directions.
-        dropout: dropout on the embeddings, between LSTM layers and before the linear head.
+        dropout: dropout between LSTM layers and before the linear head, and on the
+            embeddings unless ``embedding_dropout`` says otherwise.
+        embedding_dropout: element-wise dropout on the embeddings; None: ``dropout``.
+        token_dropout: probability of zeroing a token's whole embedding in training (the
+            kept ones scaled by ``1 / (1 - p)``), before ``embedding_dropout``: the model
+            must read a review's sentiment from more than a few memorised words.
         backend: the fastlstm backend ("auto", "reference", "aten", "triton").
         pooling: how a review becomes one vector: ``"last"`` the final hidden state of
             each direction (as the exercise), ``"max"``/``"mean"`` over valid time steps
@@ -95,6 +109,8 @@ class SentimentClassifier(nn.Module):
         dropout: float = 0.0,
         backend: str = "auto",
         pooling: str = "last",
+        token_dropout: float = 0.0,
+        embedding_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if vocab_size < 3:
@@ -105,6 +121,8 @@ class SentimentClassifier(nn.Module):
             num_layers=num_layers,
             bidirectional=bidirectional,
             dropout=dropout,
+            embedding_dropout=embedding_dropout,
+            token_dropout=token_dropout,
             pooling=pooling,
             backend=backend,
         )
@@ -121,6 +139,11 @@ class SentimentClassifier(nn.Module):
             backend=backend,
         )
         self.dropout = nn.Dropout(dropout)
+        self.embedding_dropout = nn.Dropout(
+            dropout if embedding_dropout is None else embedding_dropout
+        )
+        # Dropout1d on [B, T, E] zeroes whole channels, here the T token vectors.
+        self.token_dropout = nn.Dropout1d(token_dropout)
         features = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)
         self.head = nn.Linear(features, 1)
 
@@ -148,7 +171,10 @@ class SentimentClassifier(nn.Module):
             )
         # An empty review reads one padding step (a zero embedding) instead of failing.
         lengths = lengths.clamp(min=1).to(device=tokens.device, dtype=torch.int64)
-        x = self.dropout(self.embedding(tokens))  # [T, B, E]
+        x = self.embedding(tokens)  # [T, B, E]
+        if self.settings.token_dropout > 0:
+            x = self.token_dropout(x.transpose(0, 1)).transpose(0, 1)
+        x = self.embedding_dropout(x)
         out, (h_n, _) = self.lstm(x, lengths=lengths)  # [T, B, D*H], [L*D, B, H]
         if self.pooling == "last":
             d = 2 if self.lstm.bidirectional else 1

@@ -114,6 +114,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _embedding_dropout(preset: str) -> float:
+    p = PRESETS[preset]
+    return p["dropout"] if p["embedding_dropout"] is None else p["embedding_dropout"]
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -194,7 +199,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--dropout",
         type=_fraction,
         metavar="P",
-        help="dropout on embeddings, between layers and before the head",
+        help="dropout between layers and before the head, and on the embeddings unless "
+        "--embedding-dropout is given",
+    )
+    g.add_argument(
+        "--embedding-dropout",
+        type=_fraction,
+        metavar="P",
+        help="element-wise dropout on the embeddings (preset: "
+        + ", ".join(f"{n} {_embedding_dropout(n):g}" for n in PRESETS)
+        + ")",
+    )
+    g.add_argument(
+        "--token-dropout",
+        type=_fraction,
+        metavar="P",
+        help="probability of zeroing a whole token's embedding in training (preset: "
+        + ", ".join(f"{n} {PRESETS[n]['token_dropout']:g}" for n in PRESETS)
+        + ")",
     )
     g.add_argument(
         "--pooling",

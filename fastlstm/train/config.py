@@ -21,6 +21,8 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 RESUMABLE_KEYS = ("data", "cache_dir", "epochs", "progress", "threads", "device")
 
 _DEFAULT = {**PRESETS["default"], **PRESET_TRAINING["default"]}
+# Settings added after runs were first saved, with the values that reproduce those runs.
+_ADDED_SETTINGS = {"embedding_dropout": None, "token_dropout": 0.0}
 
 
 @dataclass
@@ -34,6 +36,8 @@ class TrainConfig(ModelSettings):
     data: str | None = None
     out: str = "runs/imdb"
     preset: str = "default"
+    embedding_dropout: float | None = _DEFAULT["embedding_dropout"]
+    token_dropout: float = _DEFAULT["token_dropout"]
     vocab_max_size: int | None = _DEFAULT["vocab_max_size"]
     min_freq: int = 1
     max_length: int | None = None
@@ -75,9 +79,13 @@ class TrainConfig(ModelSettings):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config saved as ``asdict(config)``; unknown keys (older or newer) are ignored."""
+        """The config saved as ``asdict(config)``; unknown keys (older or newer) are ignored.
+
+        A setting the saved run predates takes the value that run trained with, not today's
+        default, so resuming it continues the same training.
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**_ADDED_SETTINGS, **{k: v for k, v in d.items() if k in names}})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -96,6 +96,45 @@ def test_presets_sizes():
     assert size("default") < 1_000_000
 
 
+def _lstm_input(model, tokens, lengths):
+    seen = []
+    handle = model.lstm.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        model(tokens, lengths)
+    finally:
+        handle.remove()
+    return seen[0]  # [T, B, E]
+
+
+def test_token_dropout_zeroes_whole_tokens_in_training_only():
+    torch.manual_seed(0)
+    model = SentimentClassifier(50, 8, 6, dropout=0.0, token_dropout=0.5, pooling="max")
+    tokens, lengths = _batch([40] * 16)
+    embedded = model.embedding(tokens).detach()  # [T, B, E]
+    x = _lstm_input(model.train(), tokens, lengths).detach()
+    dropped = (x == 0).all(-1)  # [T, B]
+    # Every token is either gone entirely or kept whole and scaled by 1 / (1 - p).
+    torch.testing.assert_close(x[~dropped], 2 * embedded[~dropped])
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    torch.testing.assert_close(_lstm_input(model.eval(), tokens, lengths), embedded)
+
+
+def test_embedding_dropout_follows_dropout_unless_given():
+    assert SentimentClassifier(30, 8, 6, dropout=0.3).embedding_dropout.p == 0.3
+    model = SentimentClassifier(30, 8, 6, dropout=0.3, embedding_dropout=0.0)
+    assert (model.embedding_dropout.p, model.dropout.p) == (0.0, 0.3)
+    tokens, lengths = _batch([12, 5], vocab=30)
+    torch.testing.assert_close(_lstm_input(model.train(), tokens, lengths), model.embedding(tokens))
+
+
+def test_configs_without_token_dropout_still_load():
+    """Checkpoints written before ``token_dropout`` existed rebuild the model they held."""
+    config = SentimentClassifier(30, 8, 6).config
+    del config["token_dropout"], config["embedding_dropout"]
+    rebuilt = SentimentClassifier.from_config(config).config
+    assert (rebuilt["token_dropout"], rebuilt["embedding_dropout"]) == (0.0, None)
+
+
 def test_embedding_pads_with_zero_and_empty_review_runs():
     model = SentimentClassifier(10, 4, 3)
     assert model.embedding.padding_idx == 0
@@ -108,6 +147,8 @@ def test_embedding_pads_with_zero_and_empty_review_runs():
         pytest.param({"vocab_size": 2}, "vocab_size", id="tiny-vocab"),
         pytest.param({"pooling": "attention"}, "pooling", id="pooling"),
         pytest.param({"dropout": 1.0}, "dropout", id="dropout"),
+        pytest.param({"token_dropout": -0.1}, "token_dropout", id="token-dropout"),
+        pytest.param({"embedding_dropout": 1.0}, "embedding_dropout", id="embedding-dropout"),
         pytest.param({"hidden_size": 0}, "hidden_size", id="hidden-0"),
     ],
 )

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from fastlstm.cli import build_parser, main
 from fastlstm.data import write_synthetic_imdb
+from fastlstm.models import ModelSettings
 
 TRAIN = [
     "--embedding-dim",
@@ -205,6 +207,15 @@ def test_help_explains_every_option(capsys, command):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert command in capsys.readouterr().out
+
+
+def test_train_has_an_option_for_every_model_setting():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {action.dest for action in sub.choices["train"]._actions}
+    assert {f.name for f in fields(ModelSettings)} <= dests
+    args = parser.parse_args(["train", "--token-dropout", "0.2", "--dropout", "0.1"])
+    assert (args.token_dropout, args.dropout) == (0.2, 0.1)
 
 
 def test_resume_through_the_cli_finishes_the_run(tmp_path, archive, capsys):

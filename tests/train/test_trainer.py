@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastlstm.data import PAD, UNK, Vocab, load_corpus, write_synthetic_imdb
-from fastlstm.models import PRESETS
+from fastlstm.models import PRESETS, SentimentClassifier
 from fastlstm.train import (
     CheckpointError,
     ReviewError,
@@ -104,6 +104,17 @@ def test_default_config_is_the_default_preset():
         cfg = TrainConfig.from_preset(name)
         for key, value in {**PRESETS[name], **PRESET_TRAINING[name]}.items():
             assert getattr(cfg, key) == value, (name, key)
+
+
+def test_a_run_saved_before_the_embedding_dropouts_resumes_as_it_trained():
+    saved = TrainConfig().to_dict()
+    del saved["embedding_dropout"], saved["token_dropout"]
+    config = TrainConfig.from_dict(saved)
+    # Then, ``dropout`` also covered the embeddings and no token was dropped whole.
+    assert (config.embedding_dropout, config.token_dropout) == (None, 0.0)
+    model = SentimentClassifier(**config.model_kwargs(30))
+    assert model.embedding_dropout.p == model.dropout.p == saved["dropout"]
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
 
 
 def test_validation_split_is_seeded_and_disjoint(corpus):
