@@ -200,6 +200,8 @@ class TrainingState:
         best: the best epoch so far (``score``, ``val_accuracy``, ``epoch`` from 1; 0: none).
         stale_epochs: epochs since ``best`` improved (for early stopping).
         partial: running sums of the unfinished epoch.
+        snapshots: the weights at the end of the latest epochs, by epoch (from 1), for
+            ``average_last``; saved in ``resume/snapshots.safetensors``.
     """
 
     epoch: int = 0
@@ -210,6 +212,7 @@ class TrainingState:
     )
     stale_epochs: int = 0
     partial: dict[str, float] = field(default_factory=_new_partial)
+    snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     def next_epoch(self) -> None:
         self.epoch, self.step, self.partial = self.epoch + 1, 0, _new_partial()
@@ -234,6 +237,10 @@ def save_training_state(
     write_tensors(run.resume_weights, model.state_dict())
     write_tensors(run.resume_optimizer, opt_tensors)
     write_tensors(run.resume_rng, rng)
+    write_tensors(
+        run.resume_snapshots,
+        {f"{epoch}/{name}": t for epoch, ts in state.snapshots.items() for name, t in ts.items()},
+    )
     write_json(
         run.resume_state,
         {
@@ -292,6 +299,7 @@ def load_training_state(
     weights = read_tensors(run.resume_weights)
     check_state_dict(model, weights, run.resume_weights)
     model.load_state_dict(weights)
+    device = next(model.parameters()).device
     try:
         load_optimizer_state(optimizer, read_tensors(run.resume_optimizer), meta["optimizer"])
         rng = read_tensors(run.resume_rng)
@@ -303,10 +311,14 @@ def load_training_state(
             stale_epochs=int(meta["stale_epochs"]),
             partial={**_new_partial(), **meta["partial"]},
         )
+        # Runs saved before weight averaging existed have no snapshots file.
+        if run.resume_snapshots.is_file():
+            for key, tensor in read_tensors(run.resume_snapshots).items():
+                epoch, name = key.split("/", 1)
+                state.snapshots.setdefault(int(epoch), {})[name] = tensor.to(device)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{run.resume} is corrupt ({err}); start a new run") from err
     torch.set_rng_state(rng["cpu"])
-    device = next(model.parameters()).device
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
     return state

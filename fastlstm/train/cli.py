@@ -263,6 +263,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="stop after N epochs without a better validation accuracy (default: off)",
     )
     g.add_argument(
+        "--average-last",
+        type=_positive_int,
+        metavar="N",
+        help="keep the mean of the weights at the end of the last N epochs instead of the "
+        "best epoch's (preset: "
+        + ", ".join(f"{n} {PRESET_TRAINING[n]['average_last'] or 'off'}" for n in PRESET_TRAINING)
+        + ")",
+    )
+    g.add_argument(
         "--seed",
         type=int,
         metavar="N",
@@ -503,10 +512,17 @@ def _train_summary(result: dict[str, Any], trainer: Trainer, run: RunFolder, sec
     )
     val = result["best_val_accuracy"]
     best = f"best val accuracy {100 * val:.2f}% " if val is not None else "no validation, kept "
+    best += f"(epoch {result['best_epoch']}/{result['epochs_run']}"
+    best += f"{', early stop' if result['status'] == 'early_stopped' else ''})"
+    if "averaged_epochs" in result:
+        first, last = result["averaged_epochs"][0], result["averaged_epochs"][-1]
+        kept = f"weights averaged over epochs {first}-{last}"
+        if result["average_val_accuracy"] is not None:
+            kept += f" (val accuracy {100 * result['average_val_accuracy']:.2f}%)"
+        best = f"{kept}; {best}"
     return (
-        f"{test}{best}(epoch {result['best_epoch']}/{result['epochs_run']}"
-        f"{', early stop' if result['status'] == 'early_stopped' else ''}) in "
-        f"{seconds_to_text(seconds)}; checkpoint {result['checkpoint']}, plots {result.get('plot')}"
+        f"{test}{best} in {seconds_to_text(seconds)}; checkpoint {result['checkpoint']}, "
+        f"plots {result.get('plot')}"
     )
 
 

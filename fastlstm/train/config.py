@@ -13,8 +13,8 @@ LR_SCHEDULES = ("constant", "cosine")
 # Training settings that go with each model preset (measured in docs/training.md); a preset
 # is PRESETS[name] (vocabulary + architecture) plus this.
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "exercise": {"epochs": 12},
-    "default": {"epochs": 6},
+    "exercise": {"epochs": 12, "average_last": None},
+    "default": {"epochs": 8, "average_last": 4},
 }
 # What ``--resume`` may change in a saved run: where the data lives, how long to train and
 # how to show and run it. Everything else (model, optimiser, seed, split) is the run's own.
@@ -22,7 +22,7 @@ RESUMABLE_KEYS = ("data", "cache_dir", "epochs", "progress", "threads", "device"
 
 _DEFAULT = {**PRESETS["default"], **PRESET_TRAINING["default"]}
 # Settings added after runs were first saved, with the values that reproduce those runs.
-_ADDED_SETTINGS = {"embedding_dropout": None, "token_dropout": 0.0}
+_ADDED_SETTINGS = {"embedding_dropout": None, "token_dropout": 0.0, "average_last": None}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TrainConfig(ModelSettings):
     epochs: int = _DEFAULT["epochs"]
     val_fraction: float = 0.1
     patience: int | None = None
+    average_last: int | None = _DEFAULT["average_last"]
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -69,6 +70,9 @@ class TrainConfig(ModelSettings):
         for name in ("batch_size", "eval_batch_size", "epochs", "min_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "average_last"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:

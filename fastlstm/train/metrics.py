@@ -50,7 +50,7 @@ def plot_history(
             100 * test_accuracy,
             color="gray",
             ls="--",
-            label=f"test (best model) {100 * test_accuracy:.2f}%",
+            label=f"test (kept model) {100 * test_accuracy:.2f}%",
         )
     ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")

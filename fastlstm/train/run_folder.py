@@ -2,11 +2,13 @@
 
 ::
 
-    model.safetensors, model.json   the best epoch's weights; its config, vocabulary, metrics
+    model.safetensors, model.json   the kept weights (the best epoch's, or the average of the
+                                    last epochs'); their config, vocabulary, metrics
     metrics.csv, metrics.json       one row per epoch; metrics.json adds the result and config
     curves.png                      loss and accuracy per epoch
     resume/                         the latest training state, read by --resume:
-        weights.safetensors, optimizer.safetensors, rng.safetensors, state.json
+        weights.safetensors, optimizer.safetensors, rng.safetensors, state.json,
+        snapshots.safetensors (the epoch-end weights kept for --average-last)
 
 ``model.*`` is all ``evaluate``/``predict`` need (:mod:`fastlstm.train.checkpoint` writes and
 reads it, and the ``resume/`` state); the metrics and curves are for people.
@@ -40,6 +42,7 @@ class RunFolder:
     RESUME_OPTIMIZER = "optimizer.safetensors"
     RESUME_RNG = "rng.safetensors"
     RESUME_STATE = "state.json"
+    RESUME_SNAPSHOTS = "snapshots.safetensors"
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -86,6 +89,10 @@ class RunFolder:
     @property
     def resume_state(self) -> Path:
         return self.resume / self.RESUME_STATE
+
+    @property
+    def resume_snapshots(self) -> Path:
+        return self.resume / self.RESUME_SNAPSHOTS
 
     def _written(self) -> list[Path]:
         """Everything ``fastlstm train`` writes here (the resume folder as one entry)."""

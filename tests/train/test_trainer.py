@@ -40,6 +40,8 @@ def _config(out, **kw):
         hidden_size=12,
         bidirectional=False,
         dropout=0.1,
+        embedding_dropout=None,
+        token_dropout=0.0,
         pooling="max",
         vocab_max_size=None,
         batch_size=16,
@@ -48,6 +50,7 @@ def _config(out, **kw):
         progress=False,
         threads=1,
         seed=7,
+        average_last=None,
     )
     return TrainConfig(**{**base, **kw})
 
@@ -143,7 +146,9 @@ def test_checkpoint_round_trip(tmp_path, corpus):
 
 
 def _final_state(out):
-    return load_file(RunFolder(out).resume_weights)
+    run = RunFolder(out)
+    kept = {f"model/{k}": v for k, v in load_file(run.model_weights).items()}
+    return {**load_file(run.resume_weights), **kept}
 
 
 def _history(out):
@@ -152,15 +157,18 @@ def _history(out):
 
 
 @pytest.mark.parametrize(
-    ("stop_at", "schedule"),
-    [((0, 5), "constant"), ((1, 1), "cosine")],
-    ids=["mid-epoch1", "start-epoch2-cosine"],
+    ("stop_at", "schedule", "average_last"),
+    [((0, 5), "constant", None), ((1, 1), "cosine", None), ((2, 3), "constant", 2)],
+    ids=["mid-epoch1", "start-epoch2-cosine", "mid-epoch3-averaging"],
 )
-def test_interrupt_and_resume_equals_uninterrupted(tmp_path, corpus, stop_at, schedule):
-    cfg_a = _config(tmp_path / "a", lr_schedule=schedule)
+def test_interrupt_and_resume_equals_uninterrupted(
+    tmp_path, corpus, stop_at, schedule, average_last
+):
+    settings = {"lr_schedule": schedule, "average_last": average_last, "epochs": 3}
+    cfg_a = _config(tmp_path / "a", **settings)
     Trainer(cfg_a, build_datasets(cfg_a, corpus)).fit()
 
-    cfg_b = _config(tmp_path / "b", lr_schedule=schedule)
+    cfg_b = _config(tmp_path / "b", **settings)
     data_b = build_datasets(cfg_b, corpus)
 
     def interrupt(trainer, epoch, step):
@@ -179,6 +187,31 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, corpus, stop_at, sc
     assert resumed["test_accuracy"] == pytest.approx(
         json.loads((tmp_path / "a" / "metrics.json").read_text())["result"]["test_accuracy"]
     )
+
+
+def test_average_last_keeps_the_mean_of_the_last_epochs(tmp_path, corpus):
+    cfg = _config(tmp_path / "run", epochs=4, average_last=3)
+    data = build_datasets(cfg, corpus)
+    steps = math.ceil(len(data.train) / cfg.batch_size)
+    ends = {}
+
+    def snapshot(trainer, epoch, step):
+        if step == steps:  # the weights the epoch ends with
+            ends[epoch + 1] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    result = Trainer(cfg, data, on_step=snapshot).fit()
+    assert result["averaged_epochs"] == [2, 3, 4]
+    kept = load_file(RunFolder(tmp_path / "run").model_weights)
+    for name, tensor in kept.items():
+        mean = (ends[2][name] + ends[3][name] + ends[4][name]) / 3
+        torch.testing.assert_close(tensor, mean, msg=name)
+    # Not the last epoch's weights under another name: the epochs differ.
+    assert any(not torch.equal(kept[name], ends[4][name]) for name in kept)
+    model, _, meta = load_model(tmp_path / "run")
+    assert meta["averaged_epochs"] == [2, 3, 4]
+    again = evaluate(model, data.test, batch_size=32)
+    assert again["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-12)
+    assert evaluate(model, data.val)["accuracy"] == result["average_val_accuracy"]
 
 
 def test_early_stopping(tmp_path, corpus):
