@@ -41,8 +41,9 @@ _DEFAULTS = TrainConfig()
 
 
 def _preset_summary(name: str) -> str:
-    """``"bidirectional LSTM 64, embedding 64, max pooling, vocabulary 10,000, 706,817
-    parameters, 6 epochs"`` for preset ``name``, from the preset itself."""
+    """``"bidirectional LSTM 64, embedding 64, max pooling, token dropout 0.25, vocabulary
+    10,000: 706,817 parameters, 8 epochs, mean of the last 4"`` for preset ``name``, from the
+    preset itself."""
     p = PRESETS[name]
     size = sum(
         t.numel()
@@ -54,10 +55,13 @@ def _preset_summary(name: str) -> str:
     )
     layers = f"{p['num_layers']}-layer " if p["num_layers"] > 1 else ""
     kind = "bidirectional " if p["bidirectional"] else ""
+    tokens = f", token dropout {p['token_dropout']:g}" if p["token_dropout"] else ""
+    training = PRESET_TRAINING[name]
+    averaged = f", mean of the last {training['average_last']}" if training["average_last"] else ""
     return (
         f"{layers}{kind}LSTM {p['hidden_size']}, embedding {p['embedding_dim']}, "
-        f"{p['pooling'].replace('_', '+')} pooling, vocabulary {p['vocab_max_size']:,}: "
-        f"{size:,} parameters, {PRESET_TRAINING[name]['epochs']} epochs"
+        f"{p['pooling'].replace('_', '+')} pooling{tokens}, vocabulary "
+        f"{p['vocab_max_size']:,}: {size:,} parameters, {training['epochs']} epochs{averaged}"
     )
 
 
@@ -83,8 +87,9 @@ def _train_description() -> str:
     )
     outputs = para(
         f"""Validation takes a seeded {_DEFAULTS.val_fraction:.0%} of the training reviews;
-        the best epoch on it is kept, then scored on the test split. The run folder (--out)
-        receives {run.MODEL_WEIGHTS} + {run.MODEL_META} (the best model, its config and
+        the best epoch on it is kept (or, with --average-last N, the mean of the last N
+        epochs' weights), then scored on the test split. The run folder (--out)
+        receives {run.MODEL_WEIGHTS} + {run.MODEL_META} (the kept model, its config and
         vocabulary), {run.METRICS_CSV}/{run.METRICS_JSON}, {run.CURVES} and {run.RESUME_DIR}/
         (the latest training state). Ctrl-C saves a resumable state; --resume continues the
         run with the same result as if it had not stopped. On a terminal a progress bar shows
