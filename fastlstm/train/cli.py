@@ -124,6 +124,13 @@ def _embedding_dropout(preset: str) -> float:
     return p["dropout"] if p["embedding_dropout"] is None else p["embedding_dropout"]
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -269,10 +276,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--average-last",
-        type=_positive_int,
+        type=_non_negative_int,
         metavar="N",
         help="keep the mean of the weights at the end of the last N epochs instead of the "
-        "best epoch's (preset: "
+        "best epoch's; 0 keeps the best epoch (preset: "
         + ", ".join(f"{n} {PRESET_TRAINING[n]['average_last'] or 'off'}" for n in PRESET_TRAINING)
         + ")",
     )

@@ -70,9 +70,10 @@ class TrainConfig(ModelSettings):
         for name in ("batch_size", "eval_batch_size", "epochs", "min_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "average_last"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.average_last is not None and self.average_last < 0:
+            raise ValueError(f"average_last must be >= 0 (0 or None: off), got {self.average_last}")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:

@@ -214,6 +214,15 @@ def test_average_last_keeps_the_mean_of_the_last_epochs(tmp_path, corpus):
     assert evaluate(model, data.val)["accuracy"] == result["average_val_accuracy"]
 
 
+def test_average_last_zero_keeps_the_best_epoch(tmp_path, corpus):
+    cfg = _config(tmp_path / "run", average_last=0)
+    result = Trainer(cfg, build_datasets(cfg, corpus)).fit()
+    assert "averaged_epochs" not in result
+    assert "averaged_epochs" not in json.loads(RunFolder(cfg.out).model_meta.read_text())
+    with pytest.raises(ValueError, match="average_last"):
+        _config(tmp_path / "bad", average_last=-1).check()
+
+
 def test_early_stopping(tmp_path, corpus):
     cfg = _config(tmp_path / "run", epochs=8, patience=1, lr=0.0)
     result = Trainer(cfg, build_datasets(cfg, corpus)).fit()
