@@ -11,7 +11,7 @@ import ctypes.util
 import functools
 import os
 
-__all__ = ["steady_cpu_allocator", "triton_interpreting"]
+__all__ = ["release_free_memory", "steady_cpu_allocator", "triton_interpreting"]
 
 
 def triton_interpreting() -> bool:
@@ -65,3 +65,22 @@ def steady_cpu_allocator(heap_only: bool = False) -> str | None:
         return None
     described = "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB"
     return described + (", M_MMAP_MAX 0" if heap_only else "")
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``).
+
+    With :func:`steady_cpu_allocator` keeping freed blocks, a process that switches between
+    two workloads (training steps, then evaluation on bigger batches) would hold the free
+    memory of both; the trainer calls this between them. Returns False where the C library
+    is not glibc (nothing happens then).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        malloc_trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    if malloc_trim is None:
+        return False
+    malloc_trim(0)
+    return True

@@ -51,3 +51,30 @@ def test_heap_only_allocator_stops_the_lstm_backward_faulting_in_its_workspace()
     faults, described = _faults_per_step("heap_only=True")
     assert faults < 1000, faults
     assert described.endswith("M_MMAP_MAX 0")
+
+
+_RELEASE = textwrap.dedent(
+    """
+    import os, sys, torch
+    from fastlstm.runtime import release_free_memory, steady_cpu_allocator
+    if steady_cpu_allocator(heap_only=True) is None:
+        sys.exit(3)
+    def rss_mib():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    block = torch.empty(64 << 20).fill_(1)  # 256 MiB from the heap
+    del block
+    kept = rss_mib()
+    assert release_free_memory()
+    print(kept - rss_mib())
+    """
+)
+
+
+def test_release_free_memory_returns_the_heaps_free_pages():
+    proc = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True)
+    if proc.returncode == 3:
+        pytest.skip("the C library is not glibc")
+    assert proc.returncode == 0, proc.stderr
+    # The freed 256 MiB stays with the process until released.
+    assert int(proc.stdout) > 200, proc.stdout
