@@ -362,7 +362,7 @@ class Trainer:
         middle of the region they wander around, which generalises better than any one of
         them (Izmailov et al., "Averaging Weights Leads to Wider Optima", 2018).
         """
-        cfg, snapshots = self.config, self.state.snapshots
+        snapshots = self.state.snapshots
         epochs = sorted(snapshots)
         mean = {
             name: (sum(snapshots[e][name].double() for e in epochs) / len(epochs)).to(t.dtype)
@@ -373,20 +373,16 @@ class Trainer:
         if self.data.val is not None:
             val = self._evaluate(self.data.val)
             summary["average_val_accuracy"] = val["accuracy"]
-        if self.main:
-            save_model(
-                self.out,
-                self.model,
-                self.data.vocab,
-                {
-                    "max_length": cfg.max_length,
-                    "train_config": cfg.to_dict(),
-                    "epoch": epochs[-1],
-                    "averaged_epochs": epochs,
-                    "val_accuracy": summary["average_val_accuracy"],
-                },
-            )
+        self._save_kept(epochs[-1], summary["average_val_accuracy"], averaged_epochs=epochs)
         return summary
+
+    def _save_kept(self, epoch: int, val_accuracy: float | None, **extra: Any) -> None:
+        """Write the model's current weights as the run's kept model (on rank 0)."""
+        if self.main:
+            cfg = self.config
+            meta = {"max_length": cfg.max_length, "train_config": cfg.to_dict(), "epoch": epoch}
+            meta.update(extra, val_accuracy=val_accuracy)
+            save_model(self.out, self.model, self.data.vocab, meta)
 
     def _end_epoch(self) -> None:
         cfg, s = self.config, self.state
@@ -412,18 +408,7 @@ class Trainer:
         if s.best["score"] is None or score > s.best["score"]:
             s.best = {"score": score, "val_accuracy": row.get("val_accuracy"), "epoch": s.epoch + 1}
             s.stale_epochs = 0
-            if self.main:
-                save_model(
-                    self.out,
-                    self.model,
-                    self.data.vocab,
-                    {
-                        "max_length": cfg.max_length,
-                        "train_config": cfg.to_dict(),
-                        "epoch": s.epoch + 1,
-                        "val_accuracy": row.get("val_accuracy"),
-                    },
-                )
+            self._save_kept(s.epoch + 1, row.get("val_accuracy"))
         else:
             s.stale_epochs += 1
         if cfg.average_last:
