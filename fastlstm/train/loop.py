@@ -16,7 +16,7 @@ from torch import nn
 
 from fastlstm.data import BucketBatchSampler, ReviewDataset, collate
 from fastlstm.models.sentiment import SentimentClassifier
-from fastlstm.runtime import release_free_memory, steady_cpu_allocator
+from fastlstm.runtime import large_blocks_mapped, steady_cpu_allocator
 from fastlstm.train.checkpoint import (
     TrainingState,
     load_training_state,
@@ -344,16 +344,11 @@ class Trainer:
         return result
 
     def _evaluate(self, dataset: ReviewDataset) -> dict[str, float]:
-        """Score ``dataset``; on the CPU, free memory goes back to the system around it."""
+        """Score ``dataset``; on the CPU its big blocks are mapped, not kept in the heap."""
         cfg = self.config
-        if self.device.type == "cpu":
-            # The heap keeps freed blocks (steady_cpu_allocator): without this, the longest
-            # evaluation batches would come on top of the training steps' free memory.
-            release_free_memory()
-        scores = evaluate(self.ddp, dataset, cfg.eval_batch_size, self.device, self.amp)
-        if self.device.type == "cpu":
-            release_free_memory()
-        return scores
+        phase = large_blocks_mapped() if self.device.type == "cpu" else contextlib.nullcontext()
+        with phase:
+            return evaluate(self.ddp, dataset, cfg.eval_batch_size, self.device, self.amp)
 
     def _keep_average(self) -> dict[str, Any]:
         """Make the mean of the last epochs' weights the run's model (``average_last``).
