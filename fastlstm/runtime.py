@@ -1,7 +1,9 @@
-"""Process-wide switches read from the environment, each parsed in one place.
+"""Process-wide switches, each in one place: what the environment says (Triton's
+interpreter) and how glibc's malloc serves this process (the benchmark's and the trainer's
+allocator settings).
 
 A leaf module (no imports from the rest of fastlstm), so that the kernels, the backend
-registry and the benchmark can all ask the same question the same way.
+registry, the benchmark and the trainer can all ask the same question the same way.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ class ModelSettings:
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
 
+    @property
+    def effective_embedding_dropout(self) -> float:
+        """The element-wise embedding dropout in effect: ``dropout`` unless set apart."""
+        return self.dropout if self.embedding_dropout is None else self.embedding_dropout
+
     def model_kwargs(self, vocab_size: int) -> dict[str, Any]:
         """Keyword arguments of :class:`SentimentClassifier` for a vocabulary of ``vocab_size``."""
         names = [f.name for f in fields(ModelSettings)]
@@ -139,9 +144,7 @@ class SentimentClassifier(nn.Module):
             backend=backend,
         )
         self.dropout = nn.Dropout(dropout)
-        self.embedding_dropout = nn.Dropout(
-            dropout if embedding_dropout is None else embedding_dropout
-        )
+        self.embedding_dropout = nn.Dropout(self.settings.effective_embedding_dropout)
         # Dropout1d on [B, T, E] zeroes whole channels, here the T token vectors.
         self.token_dropout = nn.Dropout1d(token_dropout)
         features = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)

@@ -13,6 +13,7 @@ import json
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _embedding_dropout(preset: str) -> float:
-    p = PRESETS[preset]
-    return p["dropout"] if p["embedding_dropout"] is None else p["embedding_dropout"]
+def _per_preset(value: Callable[[TrainConfig], object]) -> str:
+    """``"(preset: exercise 5000, default 10000)"``: ``value`` of each preset's config."""
+    values = ", ".join(f"{n} {value(TrainConfig.from_preset(n))}" for n in PRESETS)
+    return f"(preset: {values})"
 
 
 def _non_negative_int(text: str) -> int:
@@ -166,9 +168,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         dest="vocab_max_size",
-        help="most frequent words kept, besides <pad> and <unk> (preset: "
-        + ", ".join(f"{n} {PRESETS[n]['vocab_max_size']}" for n in PRESETS)
-        + ")",
+        help="most frequent words kept, besides <pad> and <unk> "
+        + _per_preset(lambda c: c.vocab_max_size),
     )
     g.add_argument(
         "--min-freq",
@@ -218,17 +219,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--embedding-dropout",
         type=_fraction,
         metavar="P",
-        help="element-wise dropout on the embeddings (preset: "
-        + ", ".join(f"{n} {_embedding_dropout(n):g}" for n in PRESETS)
-        + ")",
+        help="element-wise dropout on the embeddings "
+        + _per_preset(lambda c: f"{c.effective_embedding_dropout:g}"),
     )
     g.add_argument(
         "--token-dropout",
         type=_fraction,
         metavar="P",
-        help="probability of zeroing a whole token's embedding in training (preset: "
-        + ", ".join(f"{n} {PRESETS[n]['token_dropout']:g}" for n in PRESETS)
-        + ")",
+        help="probability of zeroing a whole token's embedding in training "
+        + _per_preset(lambda c: f"{c.token_dropout:g}"),
     )
     g.add_argument(
         "--pooling",
@@ -245,9 +244,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--epochs",
         type=_positive_int,
         metavar="N",
-        help="epochs (preset: "
-        + ", ".join(f"{n} {PRESET_TRAINING[n]['epochs']}" for n in PRESET_TRAINING)
-        + ")",
+        help="epochs " + _per_preset(lambda c: c.epochs),
     )
     g.add_argument(
         "--batch-size",
@@ -279,9 +276,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=_non_negative_int,
         metavar="N",
         help="keep the mean of the weights at the end of the last N epochs instead of the "
-        "best epoch's; 0 keeps the best epoch (preset: "
-        + ", ".join(f"{n} {PRESET_TRAINING[n]['average_last'] or 'off'}" for n in PRESET_TRAINING)
-        + ")",
+        "best epoch's; 0 keeps the best epoch " + _per_preset(lambda c: c.average_last or "off"),
     )
     g.add_argument(
         "--seed",
