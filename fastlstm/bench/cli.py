@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from fastlstm.bench.runner import MODES, RunConfig, run_benchmarks
     from fastlstm.bench.shapes import parse_shapes
-    from fastlstm.bench.timing import SETTLE_CALLS
+    from fastlstm.bench.timing import SETTLE_CALLS, SETTLE_S
     from fastlstm.cli import CLIError
     from fastlstm.runtime import steady_cpu_allocator
 
@@ -243,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
             "modes": modes,
             "warmup": config.warmup,
             "settle": SETTLE_CALLS,
+            "settle_s": SETTLE_S,
             "repeats": config.repeats,
             "min_repeats": config.min_repeats,
             "budget_s": config.budget_s,

@@ -164,6 +164,16 @@ def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
     return lines
 
 
+def _settle_words(config: dict[str, object]) -> str:
+    """How each timed call was settled, for results that record it."""
+    if config.get("settle") is None:
+        return ""
+    if config.get("settle_s") is None:
+        return f", each after {config['settle']} untimed"
+    settle_ms = float(config["settle_s"]) * 1e3  # type: ignore[arg-type]
+    return f", each after {settle_ms:g} ms (at least {config['settle']} call) of untimed calls"
+
+
 def _table_layout(rows: Sequence[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]], set]:
     """Header, cell lines and numeric columns; the dtype column only when it varies."""
     header, lines, numeric = _TABLE_HEADER, _table_cells(rows), _NUMERIC
@@ -254,9 +264,7 @@ def format_markdown(results: dict) -> str:
         f"torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
         f"fastlstm {env.get('fastlstm')} ({env.get('git_commit')}).",
         f"Command: `{config.get('command')}`; medians of up to {config.get('repeats')} "
-        f"interleaved calls after {config.get('warmup')} warmup"
-        + ("" if config.get("settle") is None else f", each after {config['settle']} untimed")
-        + ".",
+        f"interleaved calls after {config.get('warmup')} warmup" + _settle_words(config) + ".",
         "",
     ]
     header, cells, numeric = _table_layout(rows)

@@ -5,15 +5,18 @@ bracketed by CUDA events and the device is synchronised before the clock is read
 asynchronous launches are never mistaken for finished work. Peak memory is measured in a
 separate, untimed call because the CPU measurement needs the profiler, which slows calls.
 
-Every timed call comes right after an untimed call of the same callable (``settle``): the
-first call after a *different* workload pays for that workload's leftover state. Measured
-on a 2-core EPYC, one thread, ``nn.LSTM`` forward+backward at ``T100-B1-I64-H64``: 0.85 ms
-after itself, 1.50 ms after touching a 64 MB buffer, 1.77 ms after the Python-loop
-provider, with no page fault and no garbage collection in between: cold caches, not work.
-Without the settle call each provider was timed in whatever state its predecessor left,
-and the quick grid reported fastlstm 25-35 % slower than the very op it runs. Python's
-cyclic garbage collector is paused while timing (as ``timeit`` does), so a collection one
-provider's allocations trigger never lands in another provider's call.
+Every timed call comes right after untimed calls of the same callable (``settle``): the
+calls after *different* work, or after any pause, run slow for about a millisecond of work.
+Measured on a 2-core EPYC, one thread, ``nn.LSTM`` on ``T100-B1-I64-H64`` (medians of 50),
+the 1st to 5th forward calls after the reference provider's forward took 0.39, 0.31, 0.28,
+0.29 and 0.28 ms, against 0.25 ms after itself; after a 5 ms sleep 0.60, 0.35, 0.32, 0.28
+ms; forward+backward after the reference's forward+backward 1.31, 1.03, 0.96, 0.92 ms
+against 0.87 ms. With one settle call the timed call still paid 5-20 % for its
+predecessor, so each provider's timed calls read slower the more often it followed the
+Python-loop reference (an identical control read 1.04-1.13x its baseline); settling for at
+least ``SETTLE_S`` of the same work brought it to 1.00x. Python's cyclic garbage collector
+is paused while timing (as ``timeit`` does), so a collection one provider's allocations
+trigger never lands in another provider's call.
 """
 
 from __future__ import annotations
@@ -32,14 +35,17 @@ import torch
 __all__ = [
     "MEMORY_METHODS",
     "SETTLE_CALLS",
+    "SETTLE_S",
     "Timing",
     "balanced_orders",
     "measure_interleaved",
     "peak_memory",
 ]
 
-# Untimed calls of the same callable right before each timed call (see the module docstring).
+# Before each timed call, untimed calls of the same callable: at least SETTLE_CALLS of them,
+# and more until SETTLE_S seconds are spent (see the module docstring).
 SETTLE_CALLS = 1
+SETTLE_S = 5e-3
 
 # What the peak-memory figure means on each device type (also written into the results).
 MEMORY_METHODS = {
@@ -110,22 +116,27 @@ def measure_interleaved(
     min_repeats: int = 3,
     budget_s: float | None = None,
     settle: int = SETTLE_CALLS,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, Timing]:
     """Time several callables side by side: each round times every one once, in turn.
 
     On a shared machine the load changes from second to second; interleaving spreads those
     changes over all competitors alike, so the ratio of two medians stays meaningful even
-    when the absolute times wander. Each timed call follows ``settle`` untimed calls of the
-    same callable, so it runs with warm caches whatever ran before it (see the module
-    docstring), and the order changes every round so that each callable follows every
-    other equally often (:func:`balanced_orders`). ``budget_s`` is per callable and counts
-    the settle calls: rounds stop once the time spent exceeds ``budget_s * len(fns)`` and
-    ``min_repeats`` rounds ran.
+    when the absolute times wander. Each timed call follows untimed calls of the same
+    callable, at least ``settle`` of them and at least ``settle_s`` seconds of them, so it
+    runs warm whatever ran before it (see the module docstring), and the order changes
+    every round so that each callable follows every other equally often
+    (:func:`balanced_orders`). ``budget_s`` is per callable and counts the settle calls:
+    rounds stop once the time spent exceeds ``budget_s * len(fns)`` and ``min_repeats``
+    rounds ran.
     """
     device = torch.device(device)
     _check_counts(warmup, repeats, min_repeats)
-    if settle < 0:
-        raise ValueError(f"timing: expected settle >= 0, got {settle}")
+    if settle < 0 or settle_s < 0:
+        raise ValueError(
+            f"timing: expected settle >= 0 and settle_s >= 0, got settle={settle}, "
+            f"settle_s={settle_s}"
+        )
     names = list(fns)
     if not names:
         return {}
@@ -139,14 +150,22 @@ def measure_interleaved(
     with _gc_paused():
         for round_ in range(repeats):
             for name in (names[i] for i in orders[round_ % len(orders)]):
-                for _ in range(settle):
-                    spent += _time_once(fns[name], device)
+                spent += _settle(fns[name], device, settle, settle_s)
                 elapsed = _time_once(fns[name], device)
                 times[name].append(elapsed)
                 spent += elapsed
             if budget_s and spent >= budget_s * len(names) and round_ + 1 >= min_repeats:
                 break
     return {name: _summary(ts) for name, ts in times.items()}
+
+
+def _settle(fn: Callable[[], object], device: torch.device, calls: int, seconds: float) -> float:
+    """Untimed calls of ``fn`` until ``calls`` ran and ``seconds`` passed; returns the time."""
+    spent, done = 0.0, 0
+    while done < calls or spent < seconds:
+        spent += _time_once(fn, device)
+        done += 1
+    return spent
 
 
 def balanced_orders(n: int) -> list[list[int]]:

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
+from fastlstm.bench import timing as timing_module
 from fastlstm.bench.timing import balanced_orders, measure_interleaved, peak_memory
 
 
@@ -17,7 +18,9 @@ def _measure_one(fn, device="cpu", **kwargs):
 
 def test_counts_and_orders_statistics():
     calls = []
-    timing = _measure_one(lambda: calls.append(1), warmup=2, repeats=4, budget_s=None, settle=1)
+    timing = _measure_one(
+        lambda: calls.append(1), warmup=2, repeats=4, budget_s=None, settle=1, settle_s=0
+    )
     assert len(calls) == 2 + 4 * 2
     assert timing.repeats == 4 and len(timing.times) == 4
     assert timing.min <= timing.q1 <= timing.median <= timing.q3 <= max(timing.times)
@@ -26,7 +29,13 @@ def test_counts_and_orders_statistics():
 def test_budget_stops_after_min_repeats():
     calls = []
     timing = _measure_one(
-        lambda: calls.append(1), warmup=0, repeats=50, min_repeats=3, budget_s=1e-12, settle=0
+        lambda: calls.append(1),
+        warmup=0,
+        repeats=50,
+        min_repeats=3,
+        budget_s=1e-12,
+        settle=0,
+        settle_s=0,
     )
     assert timing.repeats == 3 and len(calls) == 3
 
@@ -34,7 +43,7 @@ def test_budget_stops_after_min_repeats():
 def test_interleaved_rounds_follow_the_balanced_orders():
     order: list[str] = []
     fns = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    timings = measure_interleaved(fns, warmup=0, repeats=4, budget_s=None, settle=0)
+    timings = measure_interleaved(fns, warmup=0, repeats=4, budget_s=None, settle=0, settle_s=0)
     assert order == list("abcbcacabcba")
     assert {name: t.repeats for name, t in timings.items()} == {"a": 4, "b": 4, "c": 4}
 
@@ -52,7 +61,7 @@ def test_balanced_orders_put_every_callable_after_every_other_equally_often(n):
 
 def test_garbage_collection_is_paused_while_timing():
     seen = []
-    measure_interleaved({"a": lambda: seen.append(gc.isenabled())}, warmup=0, repeats=2)
+    measure_interleaved({"a": lambda: seen.append(gc.isenabled())}, warmup=0, repeats=2, settle_s=0)
     assert seen == [False] * 4 and gc.isenabled()
 
 
@@ -60,9 +69,25 @@ def test_each_timed_call_follows_an_untimed_call_of_the_same_callable():
     """The timed call never runs right after a different callable (its leftover state)."""
     order: list[str] = []
     fns = {name: (lambda n=name: order.append(n)) for name in "ab"}
-    timings = measure_interleaved(fns, warmup=1, repeats=2, budget_s=None, settle=1)
+    timings = measure_interleaved(fns, warmup=1, repeats=2, budget_s=None, settle=1, settle_s=0)
     assert order == list("ab" + "aabb" + "bbaa")
     assert {name: t.repeats for name, t in timings.items()} == {"a": 2, "b": 2}
+
+
+def test_settling_lasts_settle_s_of_the_same_work(monkeypatch):
+    """A cheap call is settled for ``settle_s`` seconds, not one call: its warm-up outlasts
+    one call (see the timing module's docstring)."""
+    order: list[str] = []
+
+    def one_ms(fn, device):
+        fn()
+        return 1e-3
+
+    monkeypatch.setattr(timing_module, "_time_once", one_ms)
+    fns = {name: (lambda n=name: order.append(n)) for name in "ab"}
+    measure_interleaved(fns, warmup=0, repeats=2, budget_s=None, settle=1, settle_s=4.5e-3)
+    # Each timed call: five untimed 1 ms calls (>= 4.5 ms), then the timed one.
+    assert order == list("a" * 6 + "b" * 6 + "b" * 6 + "a" * 6)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +98,8 @@ def test_bad_counts_raise(kwargs):
         _measure_one(lambda: None, **kwargs)
     with pytest.raises(ValueError, match="expected settle >= 0"):
         _measure_one(lambda: None, settle=-1)
+    with pytest.raises(ValueError, match="settle_s >= 0"):
+        _measure_one(lambda: None, settle_s=-1.0)
 
 
 def test_cpu_peak_memory_sees_torch_allocations():
