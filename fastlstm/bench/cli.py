@@ -175,12 +175,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by the parsed ``args``; returns the exit code."""
     from fastlstm.bench.env import environment
     from fastlstm.bench.report import (
+        UNSTEADY_SPREAD,
         format_headline,
         format_markdown,
         format_table,
         headline_ratios,
         load_json,
         plot_speedup,
+        unsteady,
         write_csv,
         write_json,
     )
@@ -276,10 +278,19 @@ def run(args: argparse.Namespace) -> int:
 
     print()
     print(format_table(rows))
-    headline = format_headline(headline_ratios(rows))
+    ratios = headline_ratios(rows)
+    headline = format_headline(ratios)
     if headline:
         print("\nratios measured side by side in this run (time of the second / the first):")
         print(headline)
+    shaky = sum(unsteady(r) for r in ratios)
+    if shaky:
+        print(
+            f"warning: {shaky} ratio(s) marked unsteady: a timing's interquartile range exceeds "
+            f"{UNSTEADY_SPREAD:.0%} of its median, so its median may differ from run to run. "
+            "On a CPU this is typical of multi-threaded ops on a machine with few cores; "
+            "rerun with --threads 1, or on an idle machine."
+        )
     failed = [r for r in rows if r["status"] in ("check failed", "error")]
 
     written = [*save(rows), plot_speedup(args.out / "speedup.png", rows, env)]

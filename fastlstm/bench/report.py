@@ -11,12 +11,14 @@ from fastlstm.bench.providers import BASELINE_VARIABLE, CONTROL, PROVIDERS
 
 __all__ = [
     "CSV_FIELDS",
+    "UNSTEADY_SPREAD",
     "format_headline",
     "format_markdown",
     "format_table",
     "headline_ratios",
     "load_json",
     "plot_speedup",
+    "unsteady",
     "write_csv",
     "write_json",
 ]
@@ -102,6 +104,12 @@ def _case(r: dict) -> tuple[str, str | None]:
 def _index(rows: Sequence[dict]) -> dict[tuple[str, str | None, str, str], dict]:
     return {(*_case(r), r["provider"], r["mode"]): r for r in rows}
 
+
+# A ratio is flagged when either timing's interquartile range exceeds this share of its
+# median. Steady timings spread by 2-10 %; on a 2-vCPU machine a two-thread op whose second
+# thread is now and then descheduled takes one of two times (5 or 10 ms), which shows here as
+# a spread of 40-90 % while the median hops between the two modes from run to run.
+UNSTEADY_SPREAD = 0.25
 
 _TABLE_HEADER = (
     "shape",
@@ -203,10 +211,31 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+def _spread(row: dict) -> float | None:
+    """Interquartile range of a row's timed calls relative to their median."""
+    q1, q3, median = row.get("q1_ms"), row.get("q3_ms"), row.get("median_ms")
+    if q1 is None or q3 is None or not median:
+        return None
+    return (float(q3) - float(q1)) / float(median)
+
+
+def _pair_spread(a: dict, b: dict) -> float | None:
+    spreads = [s for s in (_spread(a), _spread(b)) if s is not None]
+    return max(spreads) if spreads else None
+
+
+def unsteady(ratio: dict) -> bool:
+    """Whether a headline ratio rests on widely spread timings (see UNSTEADY_SPREAD)."""
+    spread = ratio.get("spread")
+    return spread is not None and spread > UNSTEADY_SPREAD
+
+
 def headline_ratios(rows: Sequence[dict]) -> list[dict[str, object]]:
     """The drop-in issue's ratios, each from two medians measured in this run.
 
     ``ratio`` = time(versus) / time(provider): above 1 means the provider is faster.
+    ``spread`` is the larger of the two rows' interquartile ranges relative to their medians
+    (None where a row lacks quartiles); above :data:`UNSTEADY_SPREAD` the ratio is unsteady.
     """
     by_key = _index(rows)
     cases = list(dict.fromkeys(_case(r) for r in rows))
@@ -231,6 +260,7 @@ def headline_ratios(rows: Sequence[dict]) -> list[dict[str, object]]:
                         "versus": versus,
                         "ratio": float(b["median_ms"]) / float(a["median_ms"]),
                         "us_per_step": _us_per_step(a),
+                        "spread": _pair_spread(a, b),
                     }
                 )
     return out
@@ -246,6 +276,7 @@ def format_headline(ratios: Sequence[dict]) -> str:
     width_s = max(len(label) for label in labels)
     lines = [
         f"{r['comparison']:<{width_l}}  {label:<{width_s}}  {r['mode']:<7}  {_fmt_x(r['ratio'])}"
+        + (f"  unsteady (spread {r['spread']:.0%})" if unsteady(r) else "")
         for r, label in zip(ratios, labels, strict=True)
     ]
     return "\n".join(lines)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from fastlstm.bench.report import (
     CSV_FIELDS,
+    UNSTEADY_SPREAD,
     format_headline,
     format_markdown,
     format_table,
     headline_ratios,
     load_json,
     plot_speedup,
+    unsteady,
     write_csv,
     write_json,
 )
@@ -102,3 +106,20 @@ def test_markdown_names_machine_command_and_figures(tmp_path):
     assert f"| {FIXED.id} {row}" in text
     assert "| reference vs python loop | T5-B2-I3-H4 | fwd+bwd | 3.00× | 1600 |" in text
     assert "| dtype |" not in text  # one precision: no dtype column
+
+
+def test_widely_spread_timings_mark_a_ratio_unsteady():
+    def timed(provider, median, q1, q3):
+        return _row(FIXED, provider, "fwd", median_ms=median, q1_ms=q1, q3_ms=q3)
+
+    steady = [timed("fastlstm-auto", 5.0, 4.9, 5.1), timed("nn.LSTM-padded", 5.0, 4.8, 5.2)]
+    # Two-mode timings (5 or 10 ms) as a descheduled second thread gives: spread 90 %.
+    shaky = [timed("fastlstm-auto", 5.2, 5.0, 9.5), timed("nn.LSTM-padded", 5.0, 4.8, 5.2)]
+    (calm,) = headline_ratios(steady)
+    (wild,) = headline_ratios(shaky)
+    assert calm["spread"] == pytest.approx(0.08) and not unsteady(calm)
+    assert wild["spread"] == pytest.approx(4.5 / 5.2) and unsteady(wild)
+    assert "unsteady" not in format_headline([calm])
+    assert "unsteady (spread 87%)" in format_headline([wild])
+    assert calm["spread"] < UNSTEADY_SPREAD < wild["spread"]
+    assert headline_ratios(_rows())[0]["spread"] is None  # rows without quartiles
