@@ -325,6 +325,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="no progress bars (bars are drawn on a terminal only; epoch lines are still printed)",
     )
+    g.add_argument(
+        "--low-memory",
+        action="store_true",
+        default=None,
+        help="on the CPU, give freed large blocks back to the system instead of keeping them "
+        "for the next step: less memory, slower epochs (default IMDB run: 4.0 instead of "
+        "5.9 GB peak, 11 instead of 9 minutes)",
+    )
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(

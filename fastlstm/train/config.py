@@ -18,7 +18,7 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 }
 # What ``--resume`` may change in a saved run: where the data lives, how long to train and
 # how to show and run it. Everything else (model, optimiser, seed, split) is the run's own.
-RESUMABLE_KEYS = ("data", "cache_dir", "epochs", "progress", "threads", "device")
+RESUMABLE_KEYS = ("data", "cache_dir", "epochs", "progress", "threads", "low_memory", "device")
 
 _DEFAULT = {**PRESETS["default"], **PRESET_TRAINING["default"]}
 # Settings added after runs were first saved, with the values that reproduce those runs.
@@ -54,6 +54,9 @@ class TrainConfig(ModelSettings):
     device: str = "cpu"
     amp: bool = True
     threads: int | None = None
+    # On the CPU, hand freed large blocks back to the system (glibc's way) instead of keeping
+    # them in the heap for the next step: a lower peak, slower epochs (docs/training.md).
+    low_memory: bool = False
     cache_dir: str | None = None
     progress: bool = True
     evaluate_test: bool = True

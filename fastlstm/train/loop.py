@@ -295,8 +295,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
             # Every step frees and reallocates the same large activations; glibc's default
-            # hands them back to the OS and page-faults them in again on every step.
-            steady_cpu_allocator(heap_only=True)
+            # hands them back to the OS and page-faults them in again on every step. Keeping
+            # them costs memory, which ``low_memory`` declines.
+            steady_cpu_allocator(heap_only=not cfg.low_memory)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:

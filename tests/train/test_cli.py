@@ -217,6 +217,8 @@ def test_train_has_an_option_for_every_model_setting():
     args = parser.parse_args(["train", "--token-dropout", "0.2", "--dropout", "0.1"])
     assert (args.token_dropout, args.dropout) == (0.2, 0.1)
     assert parser.parse_args(["train", "--average-last", "0"]).average_last == 0
+    assert parser.parse_args(["train", "--low-memory"]).low_memory is True
+    assert parser.parse_args(["train"]).low_memory is None  # the saved run's, on --resume
 
 
 def test_resume_through_the_cli_finishes_the_run(tmp_path, archive, capsys):

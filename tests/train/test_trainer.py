@@ -375,9 +375,32 @@ def test_progress_bars_only_on_a_terminal(tmp_path, corpus, stream):
 
 def test_resume_changes_only_the_resumable_settings():
     saved = TrainConfig(lr=1e-3, epochs=3, seed=4)
-    resumed = saved.resumed({"epochs": 9, "threads": 2, "lr": 5.0, "seed": 0, "hidden_size": 3})
-    assert (resumed.epochs, resumed.threads) == (9, 2)
+    changes = {"epochs": 9, "threads": 2, "low_memory": True, "lr": 5.0, "seed": 0}
+    resumed = saved.resumed({**changes, "hidden_size": 3})
+    assert (resumed.epochs, resumed.threads, resumed.low_memory) == (9, 2, True)
     assert (resumed.lr, resumed.seed, resumed.hidden_size) == (1e-3, 4, saved.hidden_size)
+
+
+def test_low_memory_leaves_large_blocks_to_the_system_and_trains_the_same(
+    tmp_path, corpus, monkeypatch
+):
+    """``low_memory`` only changes where freed blocks go, never what is computed.
+
+    The allocator switch is process-wide and sticky (tests/test_runtime.py measures it in
+    subprocesses), so here the trainer's request is recorded instead of applied.
+    """
+    requested = []
+    monkeypatch.setattr(
+        "fastlstm.train.loop.steady_cpu_allocator", lambda heap_only: requested.append(heap_only)
+    )
+    histories = []
+    for low_memory in (False, True):
+        cfg = _config(tmp_path / f"run-{low_memory}", epochs=1, low_memory=low_memory)
+        Trainer(cfg, build_datasets(cfg, corpus)).fit()
+        histories.append(json.loads(RunFolder(cfg.out).metrics_json.read_text())["history"])
+    assert requested == [True, False]  # heap_only unless low_memory
+    timeless = [[{k: v for k, v in r.items() if "seconds" not in k} for r in h] for h in histories]
+    assert timeless[0] == timeless[1] and len(timeless[0]) == 1
 
 
 @pytest.mark.parametrize(
