@@ -106,9 +106,10 @@ def _index(rows: Sequence[dict]) -> dict[tuple[str, str | None, str, str], dict]
 
 
 # A ratio is flagged when either timing's interquartile range exceeds this share of its
-# median. Steady timings spread by 2-10 %; on a 2-vCPU machine a two-thread op whose second
-# thread is now and then descheduled takes one of two times (5 or 10 ms), which shows here as
-# a spread of 40-90 % while the median hops between the two modes from run to run.
+# median. Steady timings spread by 1-23 % (the idle quick grid); on a 2-vCPU machine a
+# two-thread op whose second thread is now and then descheduled takes one of two times (5 or
+# 10 ms), which shows here as a spread of 40-90 % while the median hops between the two modes
+# from run to run.
 UNSTEADY_SPREAD = 0.25
 
 _TABLE_HEADER = (

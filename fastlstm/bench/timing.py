@@ -13,8 +13,9 @@ the 1st to 5th forward calls after the reference provider's forward took 0.39, 0
 ms; forward+backward after the reference's forward+backward 1.31, 1.03, 0.96, 0.92 ms
 against 0.87 ms. With one settle call the timed call still paid 5-20 % for its
 predecessor, so each provider's timed calls read slower the more often it followed the
-Python-loop reference (an identical control read 1.04-1.13x its baseline); settling for at
-least ``SETTLE_S`` of the same work brought it to 1.00x. Python's cyclic garbage collector
+Python-loop reference (an identical control listed after it read 0.98-1.15x its
+baseline, mean 1.05x, and 1.11-1.13x in CI); settling for at least ``SETTLE_S`` of the same
+work brought it to 1.00x. Python's cyclic garbage collector
 is paused while timing (as ``timeit`` does), so a collection one provider's allocations
 trigger never lands in another provider's call.
 """
