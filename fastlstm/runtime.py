@@ -31,7 +31,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _GLIBC_MMAP_MAX = 65536
-# Whether steady_cpu_allocator(heap_only=True) has run in this process.
+# Whether the last steady_cpu_allocator call in this process asked for heap_only.
 _heap_only = False
 
 
@@ -46,7 +46,6 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-@functools.cache
 def steady_cpu_allocator(heap_only: bool = False) -> str | None:
     """Give this process glibc malloc's reused-heap behaviour from the start; says how.
 
@@ -66,19 +65,24 @@ def steady_cpu_allocator(heap_only: bool = False) -> str | None:
     thread, 64 reviews of 1,000 tokens: 88,000 page faults and 0.82 s per step before,
     8,700 and 0.71 s after; a whole run spent 20 % of its time in the kernel before.
     Freed memory then stays with the process instead of going back to the system; see
-    :func:`large_blocks_mapped` for phases that allocate differently. Returns a description,
-    or None where the C library is not glibc (nothing is changed then).
+    :func:`large_blocks_mapped` for phases that allocate differently. Each call sets all
+    three parameters, so a later call without ``heap_only`` maps large blocks again (as
+    ``fastlstm train --low-memory`` after a default run in the same process expects).
+    Returns a description, or None where the C library is not glibc (nothing is changed
+    then).
     """
     global _heap_only
     libc = _libc()
     if libc is None:
         return None
-    settings = [(_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30)]
-    if heap_only:
-        settings.append((_M_MMAP_MAX, 0))
+    settings = [
+        (_M_MMAP_THRESHOLD, 32 << 20),
+        (_M_TRIM_THRESHOLD, 1 << 30),
+        (_M_MMAP_MAX, 0 if heap_only else _GLIBC_MMAP_MAX),
+    ]
     if not all(libc.mallopt(param, value) for param, value in settings):
         return None
-    _heap_only = _heap_only or heap_only
+    _heap_only = heap_only
     described = "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB"
     return described + (", M_MMAP_MAX 0" if heap_only else "")
 
@@ -92,8 +96,8 @@ def large_blocks_mapped() -> Iterator[None]:
     evaluation on batches of 256 reviews, after training steps of 64): kept in the heap,
     its blocks would come on top of the training steps' free memory and fragment the heap
     for both. Measured on the default IMDB run, peak resident: 3.7 GB before ``heap_only``,
-    6.3-7.3 GB with it, 5.9 GB with evaluation inside this. Does nothing unless
-    ``steady_cpu_allocator(heap_only=True)`` ran.
+    6.3-7.3 GB with it, 5.9 GB with evaluation inside this. Does nothing unless the last
+    ``steady_cpu_allocator`` call asked for ``heap_only``.
     """
     libc = _libc() if _heap_only else None
     if libc is None:

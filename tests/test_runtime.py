@@ -10,12 +10,14 @@ import textwrap
 import pytest
 
 # Page faults per forward+backward of a one-thread nn.LSTM in a fresh process after
-# ``steady_cpu_allocator(ARGS)``: oneDNN's backward workspace is one block above 32 MiB.
+# ``steady_cpu_allocator(heap_only=H)`` for each H of CALLS in turn: oneDNN's backward
+# workspace is one block above 32 MiB.
 _FAULTS = textwrap.dedent(
     """
     import resource, sys, torch
     from fastlstm.runtime import steady_cpu_allocator
-    described = steady_cpu_allocator({args})
+    for heap_only in {calls}:
+        described = steady_cpu_allocator(heap_only=heap_only)
     if described is None:
         sys.exit(3)
     torch.set_num_threads(1)
@@ -33,9 +35,9 @@ _FAULTS = textwrap.dedent(
 )
 
 
-def _faults_per_step(args: str) -> tuple[int, str]:
+def _faults_per_step(*calls: bool) -> tuple[int, str]:
     proc = subprocess.run(
-        [sys.executable, "-c", _FAULTS.format(args=args)], capture_output=True, text=True
+        [sys.executable, "-c", _FAULTS.format(calls=list(calls))], capture_output=True, text=True
     )
     if proc.returncode == 3:
         pytest.skip("the C library is not glibc: steady_cpu_allocator changes nothing")
@@ -45,13 +47,20 @@ def _faults_per_step(args: str) -> tuple[int, str]:
 
 
 def test_heap_only_allocator_stops_the_lstm_backward_faulting_in_its_workspace():
-    faults, described = _faults_per_step("")
+    faults, described = _faults_per_step(False)
     # Measured 8,008: the workspace's pages, mapped afresh on every call.
     assert faults > 4000, faults
     assert "M_MMAP_MAX" not in described
-    faults, described = _faults_per_step("heap_only=True")
+    faults, described = _faults_per_step(True)
     assert faults < 1000, faults
     assert described.endswith("M_MMAP_MAX 0")
+
+
+def test_a_later_call_without_heap_only_maps_large_blocks_again():
+    """The switch is what the last call asked, as its description says, not sticky."""
+    faults, described = _faults_per_step(True, False)
+    assert faults > 4000, faults
+    assert "M_MMAP_MAX" not in described
 
 
 _PHASES = textwrap.dedent(
