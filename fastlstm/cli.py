@@ -8,22 +8,17 @@ drives and exposes ``add_parser(subparsers)``, which registers its options and s
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from fastlstm import __version__
+from fastlstm.bench import cli as bench_cli
+from fastlstm.errors import CLIError
+from fastlstm.train import cli as train_cli
 
-# Subcommand modules, imported by name when the parser is built: they import CLIError from
-# here, so importing them at the top of this module would be a cycle.
-_SUBCOMMANDS = (
-    "fastlstm.train.cli",
-    "fastlstm.bench.cli",
-)
+__all__ = ["CLIError", "build_parser", "main"]
 
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2, no traceback."""
+_SUBCOMMANDS = (train_cli, bench_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fastlstm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _SUBCOMMANDS:
-        importlib.import_module(name).add_parser(subparsers)
+    for subcommand in _SUBCOMMANDS:
+        subcommand.add_parser(subparsers)
     return parser
 
 

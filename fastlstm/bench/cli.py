@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from fastlstm.errors import CLIError
+
 __all__ = ["add_parser", "run"]
 
 # Timed calls every case gets even past --budget: fewer make a median at the mercy of one
@@ -123,7 +125,6 @@ def _listing() -> str:
 
 
 def _resolve_device(text: str) -> torch.device:
-    from fastlstm.cli import CLIError
 
     try:
         device = torch.device(text)
@@ -143,7 +144,6 @@ def _resolve_device(text: str) -> torch.device:
 
 def _resolve_precisions(text: str) -> list:
     from fastlstm.bench.runner import resolve_precisions
-    from fastlstm.cli import CLIError
 
     names = [d.strip() for d in text.split(",") if d.strip()]
     try:
@@ -154,7 +154,6 @@ def _resolve_precisions(text: str) -> list:
 
 def _resolve_providers(text: str | None, device: torch.device) -> list[str]:
     from fastlstm.bench.providers import PROVIDERS, default_providers, provider_unavailable_reason
-    from fastlstm.cli import CLIError
 
     if text is None:
         return list(default_providers(device))
@@ -189,7 +188,6 @@ def run(args: argparse.Namespace) -> int:
     from fastlstm.bench.runner import MODES, RunConfig, run_benchmarks
     from fastlstm.bench.shapes import parse_shapes
     from fastlstm.bench.timing import SETTLE_CALLS, SETTLE_S
-    from fastlstm.cli import CLIError
     from fastlstm.runtime import steady_cpu_allocator
 
     if args.list:

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from fastlstm import BACKENDS, select_backend
-from fastlstm.cli import CLIError
 from fastlstm.data import Corpus, DataError, Vocab, load_corpus, resolve_imdb
+from fastlstm.errors import CLIError
 from fastlstm.models.sentiment import POOLINGS, PRESETS, SentimentClassifier
 from fastlstm.train.checkpoint import CheckpointError, load_model, read_training_config
 from fastlstm.train.config import LR_SCHEDULES, PRESET_TRAINING, RESUMABLE_KEYS, TrainConfig
