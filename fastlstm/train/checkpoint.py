@@ -55,8 +55,6 @@ FORMAT = "fastlstm.sentiment"
 FORMAT_VERSION = 1
 STATE_FORMAT = "fastlstm.train-state"
 STATE_VERSION = 1
-# Kept for code that imported them from here; the layout lives in RunFolder.
-MODEL_WEIGHTS, MODEL_META = RunFolder.MODEL_WEIGHTS, RunFolder.MODEL_META
 
 
 class CheckpointError(ValueError):
@@ -309,13 +307,11 @@ def load_training_state(
             history=list(meta["history"]),
             best=dict(meta["best"]),
             stale_epochs=int(meta["stale_epochs"]),
-            partial={**_new_partial(), **meta["partial"]},
+            partial={key: float(meta["partial"][key]) for key in _new_partial()},
         )
-        # Runs saved before weight averaging existed have no snapshots file.
-        if run.resume_snapshots.is_file():
-            for key, tensor in read_tensors(run.resume_snapshots).items():
-                epoch, name = key.split("/", 1)
-                state.snapshots.setdefault(int(epoch), {})[name] = tensor.to(device)
+        for key, tensor in read_tensors(run.resume_snapshots).items():
+            epoch, name = key.split("/", 1)
+            state.snapshots.setdefault(int(epoch), {})[name] = tensor.to(device)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{run.resume} is corrupt ({err}); start a new run") from err
     torch.set_rng_state(rng["cpu"])

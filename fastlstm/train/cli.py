@@ -557,7 +557,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, vocab, meta = _load_checkpoint(args.checkpoint, args.backend, device)
     path = _data_path(args.data, args.cache_dir)
     corpus = _load_corpus(path, args.cache_dir, progress=False)
-    cfg = TrainConfig.from_dict(meta.get("train_config", {}))
+    try:
+        # The run's own seed and validation share: --split val scores the reviews it held out.
+        cfg = TrainConfig.from_dict(meta["train_config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CLIError(f"{args.checkpoint}: model.json has no valid train_config ({err})") from err
     idx = split_indices(corpus, cfg.val_fraction, cfg.seed)[args.split]
     dataset = encode_split(corpus, vocab, idx, meta.get("max_length"))
     metrics = evaluate(model, dataset, args.batch_size, device)

@@ -21,8 +21,6 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 RESUMABLE_KEYS = ("data", "cache_dir", "epochs", "progress", "threads", "low_memory", "device")
 
 _DEFAULT = {**PRESETS["default"], **PRESET_TRAINING["default"]}
-# Settings added after runs were first saved, with the values that reproduce those runs.
-_ADDED_SETTINGS = {"embedding_dropout": None, "token_dropout": 0.0, "average_last": None}
 
 
 @dataclass
@@ -87,13 +85,13 @@ class TrainConfig(ModelSettings):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config saved as ``asdict(config)``; unknown keys (older or newer) are ignored.
-
-        A setting the saved run predates takes the value that run trained with, not today's
-        default, so resuming it continues the same training.
-        """
+        """The config saved as :meth:`to_dict`; ``ValueError`` unless ``d`` has every setting
+        and nothing else (a saved run restores exactly the settings it trained with)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{**_ADDED_SETTINGS, **{k: v for k, v in d.items() if k in names}})
+        missing, unknown = sorted(names - d.keys()), sorted(d.keys() - names)
+        if missing or unknown:
+            raise ValueError(f"not a saved TrainConfig (missing {missing}, unknown {unknown})")
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

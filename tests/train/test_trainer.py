@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastlstm.data import PAD, UNK, Vocab, load_corpus, write_synthetic_imdb
-from fastlstm.models import PRESETS, SentimentClassifier
+from fastlstm.models import PRESETS
 from fastlstm.train import (
     CheckpointError,
     ReviewError,
@@ -109,15 +109,23 @@ def test_default_config_is_the_default_preset():
             assert getattr(cfg, key) == value, (name, key)
 
 
-def test_a_run_saved_before_the_embedding_dropouts_resumes_as_it_trained():
+def test_a_saved_config_loads_back_exactly_and_nothing_else_does():
+    for name in PRESETS:
+        config = TrainConfig.from_preset(name, lr=1e-3, seed=5)
+        assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     saved = TrainConfig().to_dict()
-    del saved["embedding_dropout"], saved["token_dropout"]
-    config = TrainConfig.from_dict(saved)
-    # Then, ``dropout`` also covered the embeddings and no token was dropped whole.
-    assert (config.embedding_dropout, config.token_dropout) == (None, 0.0)
-    model = SentimentClassifier(**config.model_kwargs(30))
-    assert model.embedding_dropout.p == model.dropout.p == saved["dropout"]
-    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    del saved["token_dropout"]
+    with pytest.raises(ValueError, match=r"missing \['token_dropout'\]"):
+        TrainConfig.from_dict(saved)
+    with pytest.raises(ValueError, match=r"unknown \['warmup'\]"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "warmup": 3})
+
+
+def test_a_resume_folder_without_its_snapshots_is_reported(saved_run, corpus):
+    (saved_run / "resume" / "snapshots.safetensors").unlink()
+    cfg = _config(saved_run, epochs=2, evaluate_test=False)
+    with pytest.raises(CheckpointError, match=r"snapshots\.safetensors not found"):
+        Trainer(cfg, build_datasets(cfg, corpus)).fit(resume=True)
 
 
 def test_validation_split_is_seeded_and_disjoint(corpus):
