@@ -165,32 +165,41 @@ class SentimentClassifier(nn.Module):
         return self.lstm.last_backend
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Logits ``[B]`` for ``tokens [T, B]`` (padded with 0) and ``lengths [B]``."""
+        """Logits ``[B]`` for ``tokens [T, B]`` (padded with 0) and ``lengths [B]``.
+
+        ``lengths`` may stay on the CPU while ``tokens`` are on a GPU (the trainer does so):
+        nothing then waits for the GPU to read them.
+        """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [T, B], got shape {tuple(tokens.shape)}")
         if lengths.shape != (tokens.shape[1],):
             raise ValueError(
                 f"lengths must be [B] = [{tokens.shape[1]}], got shape {tuple(lengths.shape)}"
             )
-        # An empty review reads one padding step (a zero embedding) instead of failing.
-        lengths = lengths.clamp(min=1).to(device=tokens.device, dtype=torch.int64)
         x = self.embedding(tokens)  # [T, B, E]
         if self.settings.token_dropout > 0:
             x = self.token_dropout(x.transpose(0, 1)).transpose(0, 1)
         x = self.embedding_dropout(x)
-        out, (h_n, _) = self.lstm(x, lengths=lengths)  # [T, B, D*H], [L*D, B, H]
+        # An empty review reads one padding step (a zero embedding) instead of failing. The
+        # LSTM gets the lengths where the caller keeps them: it reads their values to check
+        # and trim, which for lengths on the GPU would wait for every queued kernel.
+        out, (h_n, _) = self.lstm(x, lengths=lengths.clamp(min=1))  # [T, B, D*H], [L*D, B, H]
         if self.pooling == "last":
             d = 2 if self.lstm.bidirectional else 1
             feat = torch.cat(list(h_n[-d:]), dim=-1)  # [B, D*H]
         else:
+            # Pooling needs them beside the outputs: one copy, which does not wait for the
+            # device (from pinned memory, as the trainer's batches are on CUDA).
+            steps = lengths.to(device=out.device, dtype=torch.int64, non_blocking=True)
+            steps = steps.clamp(min=1)  # [B]
             valid = (
-                torch.arange(out.shape[0], device=out.device).unsqueeze(1) < lengths.unsqueeze(0)
+                torch.arange(out.shape[0], device=out.device).unsqueeze(1) < steps.unsqueeze(0)
             ).unsqueeze(-1)  # [T, B, 1]
             pooled = []
             if self.pooling in ("max", "max_mean"):
                 pooled.append(out.masked_fill(~valid, float("-inf")).amax(0))  # [B, D*H]
             if self.pooling in ("mean", "max_mean"):
-                pooled.append(out.sum(0) / lengths.unsqueeze(1).to(out.dtype))  # [B, D*H]
+                pooled.append(out.sum(0) / steps.unsqueeze(1).to(out.dtype))  # [B, D*H]
             feat = torch.cat(pooled, dim=-1)  # [B, D*H] or [B, 2*D*H]
         return self.head(self.dropout(feat)).squeeze(-1)  # [B]
 

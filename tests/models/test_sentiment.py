@@ -135,6 +135,31 @@ def test_configs_without_token_dropout_still_load():
     assert (rebuilt["token_dropout"], rebuilt["embedding_dropout"]) == (0.0, None)
 
 
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+@pytest.mark.parametrize("pooling", ["last", "max_mean"])
+def test_lengths_kept_on_the_host_reach_the_lstm_there(device, pooling):
+    """The trainer keeps lengths on the CPU: reading them on a GPU would wait for it."""
+    torch.manual_seed(0)
+    model = SentimentClassifier(50, 8, 6, bidirectional=True, pooling=pooling).to(device).eval()
+    tokens, lengths = _batch([9, 4, 1, 0])
+    seen = []
+    model.lstm.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["lengths"].device), with_kwargs=True
+    )
+    on_host = model(tokens.to(device), lengths)
+    assert seen == [torch.device("cpu")]
+    # The same logits as with every input on the device.
+    torch.testing.assert_close(on_host, model(tokens.to(device), lengths.to(device)))
+
+
 def test_embedding_pads_with_zero_and_empty_review_runs():
     model = SentimentClassifier(10, 4, 3)
     assert model.embedding.padding_idx == 0
