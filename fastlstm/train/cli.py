@@ -326,6 +326,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="no progress bars (bars are drawn on a terminal only; epoch lines are still printed)",
     )
     g.add_argument(
+        "--log-every",
+        type=_positive_int,
+        metavar="N",
+        help="steps between reads of the running loss and accuracy for the progress bar (under "
+        "torchrun also between checks for Ctrl-C); each read waits for the GPU to finish the "
+        f"queued steps (default {d.log_every})",
+    )
+    g.add_argument(
         "--low-memory",
         action="store_true",
         default=None,

@@ -18,7 +18,16 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 }
 # What ``--resume`` may change in a saved run: where the data lives, how long to train and
 # how to show and run it. Everything else (model, optimiser, seed, split) is the run's own.
-RESUMABLE_KEYS = ("data", "cache_dir", "epochs", "progress", "threads", "low_memory", "device")
+RESUMABLE_KEYS = (
+    "data",
+    "cache_dir",
+    "epochs",
+    "progress",
+    "log_every",
+    "threads",
+    "low_memory",
+    "device",
+)
 
 _DEFAULT = {**PRESETS["default"], **PRESET_TRAINING["default"]}
 
@@ -57,6 +66,10 @@ class TrainConfig(ModelSettings):
     low_memory: bool = False
     cache_dir: str | None = None
     progress: bool = True
+    # Steps between reads of the running loss and accuracy to the host (for the progress
+    # bar; under torchrun also the steps at which the ranks agree on a Ctrl-C). Each read waits
+    # for the device to finish the queued steps, so the trainer does not read every step.
+    log_every: int = 50
     evaluate_test: bool = True
 
     def check(self) -> None:
@@ -68,7 +81,7 @@ class TrainConfig(ModelSettings):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.vocab_max_size is not None and self.vocab_max_size < 1:
             raise ValueError(f"vocab_max_size must be >= 1 or None, got {self.vocab_max_size}")
-        for name in ("batch_size", "eval_batch_size", "epochs", "min_freq"):
+        for name in ("batch_size", "eval_batch_size", "epochs", "min_freq", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patience is not None and self.patience < 1:

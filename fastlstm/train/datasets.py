@@ -1,16 +1,25 @@
-"""A run's data: the seeded train/validation split, the vocabulary and the encoded datasets."""
+"""A run's data: the seeded train/validation split, the vocabulary, the encoded datasets,
+and each batch's way to the device."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from fastlstm.data import Corpus, ReviewDataset, Vocab, load_corpus, train_val_split
 from fastlstm.train.config import TrainConfig
 
-__all__ = ["SPLITS", "Datasets", "build_datasets", "encode_split", "split_indices"]
+__all__ = [
+    "SPLITS",
+    "Datasets",
+    "batch_to_device",
+    "build_datasets",
+    "encode_split",
+    "split_indices",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -72,4 +81,24 @@ def build_datasets(
         val=data.get("val"),
         test=data.get("test"),
         load_seconds=time.perf_counter() - t0,
+    )
+
+
+def batch_to_device(
+    batch: tuple[Tensor, Tensor, Tensor], device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(tokens, lengths, labels)`` from :func:`~fastlstm.data.collate`, ready for the model.
+
+    Tokens and labels go to ``device`` in one copy each that does not wait for it (pinned
+    first on CUDA, where only pinned memory copies asynchronously). Lengths stay on the
+    host: the LSTM reads their values, which on a GPU would wait for every queued kernel;
+    the model makes its own device copy from the pinned tensor for pooling.
+    """
+    tokens, lengths, labels = batch
+    if device.type == "cuda":
+        tokens, lengths, labels = tokens.pin_memory(), lengths.pin_memory(), labels.pin_memory()
+    return (
+        tokens.to(device, non_blocking=True),
+        lengths,
+        labels.to(device, non_blocking=True),
     )

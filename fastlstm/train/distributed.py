@@ -13,6 +13,7 @@ __all__ = [
     "init_distributed",
     "launched_rank",
     "local_rank_device",
+    "sum_to_host",
     "world",
 ]
 
@@ -28,8 +29,16 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum ``values`` over every rank (returned unchanged in a single process)."""
     if world()[0] == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    return sum_to_host(torch.tensor(values, dtype=torch.float64, device=device))
+
+
+def sum_to_host(t: torch.Tensor) -> list[float]:
+    """The 1-D tensor ``t`` summed over every rank, read to the host in one transfer.
+
+    ``t`` lives on the process's device (reduced in place); the read waits for the device.
+    """
+    if world()[0] > 1:
+        dist.all_reduce(t)
     return t.tolist()
 
 

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from fastlstm.data import BucketBatchSampler, ReviewDataset, collate
 from fastlstm.models.sentiment import SentimentClassifier
@@ -27,8 +27,8 @@ from fastlstm.train.checkpoint import (
     write_json,
 )
 from fastlstm.train.config import TrainConfig
-from fastlstm.train.datasets import Datasets
-from fastlstm.train.distributed import all_reduce_sum, world
+from fastlstm.train.datasets import Datasets, batch_to_device
+from fastlstm.train.distributed import all_reduce_sum, sum_to_host, world
 from fastlstm.train.metrics import write_metrics
 from fastlstm.train.run_folder import RunFolder
 
@@ -43,26 +43,67 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp: bool = False,
 ) -> dict[str, float]:
-    """Mean BCE loss and accuracy of ``model`` on ``dataset`` (sharded under DDP)."""
+    """Mean BCE loss and accuracy of ``model`` on ``dataset`` (sharded under DDP).
+
+    The sums stay on the device until the last batch: the host reads them once per call
+    (a read waits for the device), not once per batch.
+    """
     device = torch.device(device)
     n_ranks, rank = world()
     sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False, num_replicas=1, rank=0)
     batches = list(sampler)[rank::n_ranks]
     was_training = model.training
     model.eval()
-    loss_sum = correct = count = 0.0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct predictions
+    count = 0
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     for idx in batches:
-        tokens, lengths, labels = collate([dataset[i] for i in idx])
-        tokens, lengths, labels = tokens.to(device), lengths.to(device), labels.to(device)
+        tokens, lengths, labels = batch_to_device(collate([dataset[i] for i in idx]), device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits = model(tokens, lengths).float()
-        loss_sum += float(loss_fn(logits, labels))
-        correct += float(((logits > 0).float() == labels).sum())
+        sums += torch.stack((loss_fn(logits, labels).double(), _correct(logits, labels)))
         count += len(idx)
     model.train(was_training)
-    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    loss_sum, correct, count = sum_to_host(torch.cat((sums, sums.new_tensor([count]))))
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+def _correct(logits: Tensor, labels: Tensor) -> Tensor:
+    """How many of the batch's predictions are right, as a float64 scalar on the device."""
+    return ((logits > 0).float() == labels).sum().double()
+
+
+class _RunningSums:
+    """An epoch's running loss and correct-prediction sums, kept on the device.
+
+    Reading a value to the host waits until the device has run every queued step, and the
+    host then has no next step queued, so the GPU idles. The trainer adds each step's
+    figures here without reading them and reads them (:meth:`read`) only per log interval
+    and at the end of the epoch. They continue the sums in ``partial`` (the epoch's running
+    sums in :class:`~fastlstm.train.checkpoint.TrainingState`, saved on Ctrl-C), and add up
+    in the same order and precision as float64 sums on the host would.
+    """
+
+    def __init__(self, partial: dict[str, float], device: torch.device) -> None:
+        self.partial = partial
+        self._sums = torch.tensor(
+            [partial["loss_sum"], partial["correct"]], dtype=torch.float64, device=device
+        )
+        self._count = 0  # reviews added since the last read (a host number: no read needed)
+
+    def add(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
+        """Add one step: ``loss`` the batch's mean loss, ``logits`` and ``labels`` ``[B]``."""
+        n = labels.shape[0]
+        self._sums += torch.stack((loss.detach().double() * n, _correct(logits.detach(), labels)))
+        self._count += n
+
+    def read(self) -> dict[str, float]:
+        """``partial`` brought up to date (one transfer; none when nothing was added)."""
+        if self._count:
+            self.partial["loss_sum"], self.partial["correct"] = self._sums.tolist()
+            self.partial["count"] += self._count
+            self._count = 0
+        return self.partial
 
 
 class _StopFlag:
@@ -135,13 +176,18 @@ class Trainer:
         config: the run's settings.
         data: vocabulary and encoded datasets (from :func:`build_datasets`).
         on_step: optional ``callback(trainer, epoch, step)`` after every optimizer step;
-            tests use it to simulate Ctrl-C through :meth:`request_stop`.
+            tests use it to simulate Ctrl-C through :meth:`request_stop`. During an epoch
+            ``trainer.state.partial`` holds the running sums of the last log interval.
         log: where the line per epoch goes (default ``sys.stderr``); progress bars are
             drawn there too, when it is a terminal and ``config.progress`` is on.
 
     Under ``torchrun`` (process group initialised by the caller), the model is wrapped in
     ``DistributedDataParallel``, batches are dealt across ranks, metrics are all-reduced
     and only rank 0 writes files or shows progress.
+
+    A training step never waits for the device: batches are copied without waiting, the
+    lengths stay on the host, and the running loss and accuracy stay on the device until the
+    log interval (``config.log_every`` steps) or the end of the epoch.
     """
 
     def __init__(
@@ -165,9 +211,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.ddp: nn.Module = self.model
         if self.world > 1:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+            # No device_ids: with them DDP would copy every input to the GPU, the lengths
+            # too, which the LSTM must read on the host (batch_to_device places the inputs).
+            self.ddp = nn.parallel.DistributedDataParallel(self.model)
         self.sampler = BucketBatchSampler(
             data.train.lengths,
             config.batch_size,
@@ -203,11 +249,18 @@ class Trainer:
     def amp(self) -> bool:
         return self.config.amp and self.device.type == "cuda"
 
-    def _stop_now(self) -> bool:
-        flag = float(self._stop.requested)
-        if self.world > 1:  # every rank must stop at the same step or DDP deadlocks
-            flag = all_reduce_sum([flag], self.device)[0]
-        return flag > 0
+    def _stop_now(self, at_interval: bool) -> bool:
+        """Whether to stop after this step (a Ctrl-C, or :meth:`request_stop`).
+
+        Alone, as soon as asked. Under DDP every rank must stop at the same step or DDP
+        deadlocks, and agreeing is an all-reduce the host waits for, so the ranks agree at
+        log intervals (and the epoch's last step) only.
+        """
+        if self.world == 1:
+            return self._stop.requested
+        if not at_interval:
+            return False
+        return all_reduce_sum([float(self._stop.requested)], self.device)[0] > 0
 
     def _save_resume(self) -> None:
         if self.main:
@@ -241,13 +294,12 @@ class Trainer:
             bar = _progress_bar(
                 len(batches), s.step, f"epoch {s.epoch + 1}/{cfg.epochs}", self._log_stream
             )
-        p = s.partial
+        sums = _RunningSums(s.partial, self.device)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             for idx in batches[s.step :]:
-                tokens, lengths, labels = collate([self.data.train[i] for i in idx])
-                tokens, lengths = tokens.to(self.device), lengths.to(self.device)
-                labels = labels.to(self.device)
+                batch = collate([self.data.train[i] for i in idx])
+                tokens, lengths, labels = batch_to_device(batch, self.device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                     logits = self.ddp(tokens, lengths).float()
                 loss = loss_fn(logits, labels)
@@ -258,21 +310,24 @@ class Trainer:
                 self._set_lr(len(batches))
                 self.optimizer.step()
                 s.step += 1
-                p["loss_sum"] += float(loss.detach()) * len(idx)
-                p["correct"] += float(((logits.detach() > 0).float() == labels).sum())
-                p["count"] += len(idx)
+                sums.add(loss, logits, labels)
+                at_interval = s.step % cfg.log_every == 0 or s.step == len(batches)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{p['loss_sum'] / p['count']:.4f}",
-                        acc=f"{p['correct'] / p['count']:.3f}",
-                        refresh=False,
-                    )
+                    if at_interval:
+                        p = sums.read()
+                        bar.set_postfix(
+                            loss=f"{p['loss_sum'] / p['count']:.4f}",
+                            acc=f"{p['correct'] / p['count']:.3f}",
+                            refresh=False,
+                        )
                 if self.on_step is not None:
                     self.on_step(self, s.epoch, s.step)
-                if self._stop_now():
+                if self._stop_now(at_interval):
                     return False
         finally:
+            # Read before the clock stops, so the time includes the device's queued work.
+            p = sums.read()
             p["seconds"] += time.perf_counter() - t0
             p["cpu_seconds"] += time.process_time() - c0
             if bar is not None:

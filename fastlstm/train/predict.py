@@ -9,6 +9,7 @@ from torch import Tensor
 
 from fastlstm.data import UNK_INDEX, Vocab, collate, tokenize
 from fastlstm.models.sentiment import SentimentClassifier
+from fastlstm.train.datasets import batch_to_device
 
 __all__ = ["ReviewError", "encode_reviews", "predict_texts"]
 
@@ -52,11 +53,14 @@ def predict_texts(
 ) -> list[float]:
     """Probability that each review in ``texts`` is positive, scored ``batch_size`` at a time.
 
-    ``max_length`` truncates as in training (a checkpoint's ``meta["max_length"]``).
+    ``max_length`` truncates as in training (a checkpoint's ``meta["max_length"]``). The
+    probabilities are read to the host once, after the last batch.
     """
+    device = torch.device(device)
     encoded = encode_reviews(vocab, texts, max_length)
-    probs: list[float] = []
+    probs: list[Tensor] = []
     for start in range(0, len(encoded), batch_size):
-        tokens, lengths, _ = collate([(ids, 0) for ids in encoded[start : start + batch_size]])
-        probs += model.predict_proba(tokens.to(device), lengths.to(device)).tolist()
-    return probs
+        batch = collate([(ids, 0) for ids in encoded[start : start + batch_size]])
+        tokens, lengths, _ = batch_to_device(batch, device)
+        probs.append(model.predict_proba(tokens, lengths))
+    return torch.cat(probs).tolist() if probs else []
