@@ -1,9 +1,12 @@
 """``fastlstm train``, ``fastlstm evaluate`` and ``fastlstm predict``: parse, check, report.
 
-The options map one to one onto :class:`~fastlstm.train.config.TrainConfig` fields (``dest``
-is the field's name; ``None`` means "the preset's value"), so defaults live in the config
-and the presets only. The work is done by the library: :mod:`fastlstm.train.datasets`,
-:mod:`~fastlstm.train.loop`, :mod:`~fastlstm.train.checkpoint`, :mod:`~fastlstm.train.predict`.
+The ``train`` options are generated from :class:`~fastlstm.train.config.TrainConfig`'s
+fields: each field's :class:`~fastlstm.train.config.Option` gives the flag, the value's
+type or choices and the help, whose defaults (or each preset's value) are read from the
+config and the presets. ``dest`` is the field's name; an option left out is None, meaning
+"the preset's value" (the saved run's on ``--resume``). The work is done by the library:
+:mod:`fastlstm.train.datasets`, :mod:`~fastlstm.train.loop`,
+:mod:`~fastlstm.train.checkpoint`, :mod:`~fastlstm.train.predict`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,16 @@ import torch
 from fastlstm import BACKENDS, select_backend
 from fastlstm.data import Corpus, DataError, Vocab, load_corpus, resolve_imdb
 from fastlstm.errors import CLIError
-from fastlstm.models.sentiment import POOLINGS, PRESETS, SentimentClassifier
+from fastlstm.models.sentiment import PRESETS
 from fastlstm.train.checkpoint import CheckpointError, load_model, read_training_config
-from fastlstm.train.config import LR_SCHEDULES, PRESET_TRAINING, RESUMABLE_KEYS, TrainConfig
+from fastlstm.train.config import (
+    PRESET_TRAINING,
+    RESUMABLE_KEYS,
+    TrainConfig,
+    option,
+    parameter_count,
+    value_type,
+)
 from fastlstm.train.datasets import build_datasets, encode_split, split_indices
 from fastlstm.train.distributed import (
     destroy_distributed,
@@ -36,24 +47,24 @@ from fastlstm.train.loop import Trainer, evaluate, seconds_to_text
 from fastlstm.train.predict import ReviewError, predict_texts
 from fastlstm.train.run_folder import RunExistsError, RunFolder
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "add_setting"]
 
 _DEFAULTS = TrainConfig()
+# The ``--help`` sections of ``fastlstm train``, by Option.group.
+_GROUPS = {
+    "data": "data",
+    "model": "model (defaults come from --preset)",
+    "optimisation": "optimisation",
+    "run": "run",
+}
 
 
 def _preset_summary(name: str) -> str:
     """``"bidirectional LSTM 64, embedding 64, max pooling, token dropout 0.25, vocabulary
     10,000: 706,817 parameters, 8 epochs, mean of the last 4"`` for preset ``name``, from the
-    preset itself."""
+    preset itself (the size counted, not built)."""
     p = PRESETS[name]
-    size = sum(
-        t.numel()
-        for t in SentimentClassifier(
-            **TrainConfig.from_preset(name, backend="reference").model_kwargs(
-                p["vocab_max_size"] + 2
-            )
-        ).parameters()
-    )
+    size = parameter_count(TrainConfig.from_preset(name), p["vocab_max_size"] + 2)
     layers = f"{p['num_layers']}-layer " if p["num_layers"] > 1 else ""
     kind = "bidirectional " if p["bidirectional"] else ""
     tokens = f", token dropout {p['token_dropout']:g}" if p["token_dropout"] else ""
@@ -113,24 +124,15 @@ Train the IMDB sentiment classifier (embedding -> fastlstm.LSTM -> linear -> log
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
 
-
-def _per_preset(value: Callable[[TrainConfig], object]) -> str:
-    """``"(preset: exercise 5000, default 10000)"``: ``value`` of each preset's config."""
-    values = ", ".join(f"{n} {value(TrainConfig.from_preset(n))}" for n in PRESETS)
-    return f"(preset: {values})"
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -140,207 +142,119 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _flag(name: str) -> str:
+    """The option that sets :class:`TrainConfig` field ``name``: ``--no-amp``, ``--epochs``."""
+    opt = option(name)
+    if opt.flag is not None:
+        return opt.flag
+    dashed = name.replace("_", "-")
+    switches_off = value_type(name) is bool and not opt.both and getattr(_DEFAULTS, name)
+    return f"--no-{dashed}" if switches_off else f"--{dashed}"
+
+
+def _shown(config: TrainConfig, name: str) -> str | None:
+    """Field ``name`` of ``config`` as ``--help`` writes it (None: nothing to show)."""
+    opt = option(name)
+    value = getattr(config, opt.shown or name)
+    if value is None:
+        return opt.none
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _help(name: str) -> str:
+    """Field ``name``'s help with its default: ``(default 64)``, ``(default: off)``, or
+    ``(preset: exercise 40, default 64)`` where the presets differ."""
+    opt = option(name)
+    if name == "preset":
+        return f"{opt.help}: " + "; ".join(f"'{n}': {_preset_summary(n)}" for n in PRESETS)
+    if opt.default_text is not None:
+        return f"{opt.help} (default: {opt.default_text})"
+    if value_type(name) is bool and not opt.both:
+        return opt.help  # the flag itself says what it changes from the default
+    values = {n: _shown(TrainConfig.from_preset(n), name) for n in PRESETS}
+    if len(set(values.values())) > 1:
+        return f"{opt.help} (preset: " + ", ".join(f"{n} {v}" for n, v in values.items()) + ")"
+    value = _shown(_DEFAULTS, name)
+    if value is None:
+        return opt.help
+    colon = ":" if getattr(_DEFAULTS, option(name).shown or name) is None else ""
+    return f"{opt.help} (default{colon} {value})"
+
+
+def add_setting(parser: argparse._ActionsContainer, name: str) -> None:
+    """Offer :class:`TrainConfig` field ``name`` on ``parser`` as its ``Option`` says."""
+    opt = option(name)
+    kind = value_type(name)
+    kwargs: dict[str, Any] = {"dest": name, "help": _help(name), "default": None}
+    if kind is bool:
+        if opt.both:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["action"] = "store_false" if getattr(_DEFAULTS, name) else "store_true"
+        parser.add_argument(_flag(name), **kwargs)
+        return
+    if opt.parser_default:
+        kwargs["default"] = getattr(_DEFAULTS, name)
+    if opt.choices is not None:
+        kwargs["choices"] = opt.choices
+    elif opt.minimum is not None:
+        kwargs["type"] = _at_least(opt.minimum)
+    elif opt.fraction:
+        kwargs["type"] = _fraction
+    elif kind is not str:
+        kwargs["type"] = kind
+    parser.add_argument(_flag(name), metavar=opt.metavar, **kwargs)
+
+
+def _add_download(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the official archive into the cache if no --data and none cached",
+    )
+
+
+def _add_resume(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out (its settings; "
+        + ", ".join(_flag(name) for name in RESUMABLE_KEYS)
+        + " may change)",
+    )
+    group.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a finished or interrupted run already in --out",
+    )
+
+
+# Options of ``train`` that are no setting of the run, listed after the setting they go with.
+_ALONGSIDE: dict[str, Callable[[argparse._ActionsContainer], None]] = {
+    "data": _add_download,
+    "out": _add_resume,
+}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train``, ``evaluate`` and ``predict`` on the ``fastlstm`` parser."""
     fmt = argparse.RawDescriptionHelpFormatter
-    d = _DEFAULTS
     p = subparsers.add_parser(
         "train",
         help="train the IMDB sentiment classifier",
         description=_train_description(),
         formatter_class=fmt,
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="PATH", help="aclImdb folder or .tar.gz archive")
-    g.add_argument(
-        "--download",
-        action="store_true",
-        help="fetch the official archive into the cache if no --data and none cached",
-    )
-    g.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="cache for the download and the encoded "
-        "corpus (default $FASTLSTM_CACHE or ~/.cache/fastlstm)",
-    )
-    g.add_argument(
-        "--vocab-size",
-        type=int,
-        metavar="N",
-        dest="vocab_max_size",
-        help="most frequent words kept, besides <pad> and <unk> "
-        + _per_preset(lambda c: c.vocab_max_size),
-    )
-    g.add_argument(
-        "--min-freq",
-        type=_positive_int,
-        metavar="N",
-        help=f"drop words seen fewer than N times in training (default {d.min_freq})",
-    )
-    g.add_argument(
-        "--max-length",
-        type=_positive_int,
-        metavar="N",
-        help="keep only the first N tokens of each review (default: "
-        + (f"{d.max_length})" if d.max_length else "all)"),
-    )
-    g.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        metavar="F",
-        help=f"share of the training reviews held out for validation (default {d.val_fraction})",
-    )
-    g = p.add_argument_group("model (defaults come from --preset)")
-    g.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        default="default",
-        help="model size and epochs: " + "; ".join(f"'{n}': {_preset_summary(n)}" for n in PRESETS),
-    )
-    g.add_argument("--embedding-dim", type=_positive_int, metavar="N", help="embedding width")
-    g.add_argument(
-        "--hidden-size", type=_positive_int, metavar="N", help="LSTM hidden size per direction"
-    )
-    g.add_argument("--num-layers", type=_positive_int, metavar="N", help="stacked LSTM layers")
-    g.add_argument(
-        "--bidirectional",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="read each review in both directions",
-    )
-    g.add_argument(
-        "--dropout",
-        type=_fraction,
-        metavar="P",
-        help="dropout between layers and before the head, and on the embeddings unless "
-        "--embedding-dropout is given",
-    )
-    g.add_argument(
-        "--embedding-dropout",
-        type=_fraction,
-        metavar="P",
-        help="element-wise dropout on the embeddings "
-        + _per_preset(lambda c: f"{c.effective_embedding_dropout:g}"),
-    )
-    g.add_argument(
-        "--token-dropout",
-        type=_fraction,
-        metavar="P",
-        help="probability of zeroing a whole token's embedding in training "
-        + _per_preset(lambda c: f"{c.token_dropout:g}"),
-    )
-    g.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        help="review vector: last hidden state, max or mean over time, or max and mean",
-    )
-    g.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help=f"LSTM backend (default {d.backend}: triton on CUDA, aten on CPU)",
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument(
-        "--epochs",
-        type=_positive_int,
-        metavar="N",
-        help="epochs " + _per_preset(lambda c: c.epochs),
-    )
-    g.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="N",
-        help=f"reviews per batch, per process (default {d.batch_size})",
-    )
-    g.add_argument("--lr", type=float, metavar="LR", help=f"Adam learning rate (default {d.lr})")
-    g.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        help="constant learning rate, or cosine decay to zero over all epochs "
-        f"(default {d.lr_schedule})",
-    )
-    g.add_argument(
-        "--clip",
-        type=float,
-        metavar="NORM",
-        help=f"gradient-norm clipping threshold, 0 to disable (default {d.clip:g})",
-    )
-    g.add_argument(
-        "--patience",
-        type=_positive_int,
-        metavar="N",
-        help="stop after N epochs without a better validation accuracy (default: off)",
-    )
-    g.add_argument(
-        "--average-last",
-        type=_non_negative_int,
-        metavar="N",
-        help="keep the mean of the weights at the end of the last N epochs instead of the "
-        "best epoch's; 0 keeps the best epoch " + _per_preset(lambda c: c.average_last or "off"),
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        metavar="N",
-        help=f"seed for initialisation, split and batch order (default {d.seed})",
-    )
-    g = p.add_argument_group("run")
-    g.add_argument(
-        "--out",
-        metavar="DIR",
-        default=d.out,
-        help=f"run folder for checkpoint, metrics and plots (default {d.out})",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run saved in --out (its settings; "
-        + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_KEYS if k != "progress")
-        + " may change)",
-    )
-    g.add_argument(
-        "--force",
-        action="store_true",
-        help="replace a finished or interrupted run already in --out",
-    )
-    _add_device_options(g)
-    g.add_argument(
-        "--no-amp",
-        dest="amp",
-        action="store_false",
-        default=None,
-        help="disable bf16 autocast (used on CUDA only)",
-    )
-    g.add_argument(
-        "--no-test",
-        dest="evaluate_test",
-        action="store_false",
-        default=None,
-        help="skip scoring the best model on the test split at the end",
-    )
-    g.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=None,
-        help="no progress bars (bars are drawn on a terminal only; epoch lines are still printed)",
-    )
-    g.add_argument(
-        "--log-every",
-        type=_positive_int,
-        metavar="N",
-        help="steps between reads of the running loss and accuracy for the progress bar (under "
-        "torchrun also between checks for Ctrl-C); each read waits for the GPU to finish the "
-        f"queued steps (default {d.log_every})",
-    )
-    g.add_argument(
-        "--low-memory",
-        action="store_true",
-        default=None,
-        help="on the CPU, give freed large blocks back to the system instead of keeping them "
-        "for the next step: less memory, slower epochs (default IMDB run: 4.0 instead of "
-        "5.9 GB peak, 11 instead of 9 minutes)",
-    )
+    for key, title in _GROUPS.items():
+        group = p.add_argument_group(title)
+        names = [f.name for f in fields(TrainConfig) if option(f.name).group == key]
+        # The preset first among the model options: it gives their defaults.
+        for name in sorted(names, key=lambda name: name != "preset"):
+            add_setting(group, name)
+            if name in _ALONGSIDE:
+                _ALONGSIDE[name](group)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -359,16 +273,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="test",
         help="which reviews: test (default), train, or the run's validation part",
     )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=d.eval_batch_size,
-        metavar="N",
-        help=f"reviews per batch (default {d.eval_batch_size})",
-    )
+    add_setting(p, "eval_batch_size")
     p.add_argument("--backend", choices=BACKENDS, help="LSTM backend (default: as trained)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_device_options(p)
+    add_setting(p, "device")
+    add_setting(p, "threads")
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
@@ -387,7 +296,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_checkpoint_option(p)
     p.add_argument("--backend", choices=BACKENDS, help="LSTM backend (default: as trained)")
     p.add_argument("--json", action="store_true", help="one JSON object per review")
-    _add_device_options(p)
+    add_setting(p, "device")
+    add_setting(p, "threads")
     p.set_defaults(func=run_predict)
 
 
@@ -398,21 +308,6 @@ def _add_checkpoint_option(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.out,
         metavar="DIR",
         help=f"run folder (or its {RunFolder.MODEL_WEIGHTS}) (default {_DEFAULTS.out})",
-    )
-
-
-def _add_device_options(parser: argparse._ActionsContainer) -> None:
-    parser.add_argument(
-        "--device",
-        metavar="DEV",
-        default=None,
-        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=_positive_int,
-        metavar="N",
-        help="CPU threads for PyTorch (default: PyTorch's choice)",
     )
 
 
@@ -572,7 +467,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.checkpoint}: model.json has no valid train_config ({err})") from err
     idx = split_indices(corpus, cfg.val_fraction, cfg.seed)[args.split]
     dataset = encode_split(corpus, vocab, idx, meta.get("max_length"))
-    metrics = evaluate(model, dataset, args.batch_size, device)
+    metrics = evaluate(model, dataset, args.eval_batch_size, device)
     seconds = time.perf_counter() - t0
     if args.json:
         print(

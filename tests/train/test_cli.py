@@ -13,7 +13,8 @@ import torch
 
 from fastlstm.cli import build_parser, main
 from fastlstm.data import write_synthetic_imdb
-from fastlstm.models import ModelSettings
+from fastlstm.models import PRESETS, ModelSettings, SentimentClassifier
+from fastlstm.train.config import TrainConfig, option, parameter_count, value_type
 
 TRAIN = [
     "--embedding-dim",
@@ -219,6 +220,98 @@ def test_train_has_an_option_for_every_model_setting():
     assert parser.parse_args(["train", "--average-last", "0"]).average_last == 0
     assert parser.parse_args(["train", "--low-memory"]).low_memory is True
     assert parser.parse_args(["train"]).low_memory is None  # the saved run's, on --resume
+
+
+def _train_actions() -> dict[str, argparse.Action]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {action.dest: action for action in sub.choices["train"]._actions}
+
+
+def _sample(name: str) -> tuple[list[str], object]:
+    """Arguments that set TrainConfig field ``name`` to a value other than its default."""
+    opt, kind, default = option(name), value_type(name), getattr(TrainConfig(), name)
+    flag = _train_actions()[name].option_strings[0]
+    if kind is bool:
+        # A one-way flag switches the default; --x/--no-x needs the way away from it.
+        return [f"--no-{flag[2:]}" if opt.both and default else flag], not default
+    if opt.choices is not None:
+        value = next(c for c in opt.choices if c != default)
+        return [flag, value], value
+    value = {int: (opt.minimum or 0) + 3, float: 0.5, str: "somewhere"}[kind]
+    return [flag, str(value)], value
+
+
+def test_every_setting_of_a_run_is_an_option_generated_from_its_field():
+    actions = _train_actions()
+    train_fields = [f.name for f in fields(TrainConfig) if option(f.name).group != "evaluate"]
+    assert set(train_fields) <= set(actions)
+    for name in train_fields:
+        argv, value = _sample(name)
+        args = build_parser().parse_args(["train", *argv])
+        assert getattr(args, name) == value, (name, argv)
+        # Left out, an option is None (the preset's or the saved run's value), except the
+        # two the command needs before it has a config.
+        left_out = getattr(build_parser().parse_args(["train"]), name)
+        assert left_out == (getattr(TrainConfig(), name) if name in ("out", "preset") else None)
+        assert actions[name].help, name
+    assert build_parser().parse_args(["evaluate", "--batch-size", "7"]).eval_batch_size == 7
+
+
+def test_help_shows_each_presets_value_where_they_differ():
+    actions = _train_actions()
+    assert actions["embedding_dim"].help.endswith("(preset: exercise 40, default 64)")
+    assert actions["bidirectional"].help.endswith("(preset: exercise no, default yes)")
+    assert actions["embedding_dropout"].help.endswith("(preset: exercise 0.25, default 0)")
+    assert actions["average_last"].help.endswith("(preset: exercise off, default 4)")
+    assert actions["num_layers"].help.endswith("(default 1)")
+    assert actions["max_length"].help.endswith("(default: all)")
+    assert actions["device"].help.endswith("(default: cuda when available, else cpu)")
+    resume = actions["resume"].help
+    assert all(flag in resume for flag in ("--data", "--epochs", "--no-progress", "--log-every"))
+
+
+def test_help_builds_no_model(monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built to print --help")
+
+    monkeypatch.setattr(SentimentClassifier, "__init__", refuse)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "706,817 parameters" in out and "208,751 parameters" in out
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"num_layers": 3, "pooling": "max_mean"},
+        {"num_layers": 2, "bidirectional": False, "pooling": "last"},
+        {"embedding_dim": 7, "hidden_size": 5, "pooling": "mean"},
+    ],
+    ids=["preset", "3-layers-max_mean", "2-layers-one-way", "small-mean"],
+)
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_parameter_count_is_the_built_models(preset, change):
+    config = TrainConfig.from_preset(preset, **change)
+    vocab = PRESETS[preset]["vocab_max_size"] + 2
+    model = SentimentClassifier(**config.model_kwargs(vocab))
+    assert parameter_count(config, vocab) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"threads": 0}, "threads must be >= 1 or None"),
+        ({"log_every": 0}, "log_every must be >= 1, got 0"),
+        ({"backend": "cudnn"}, "backend must be one of"),
+        ({"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+    ],
+)
+def test_config_checks_the_limits_its_options_declare(change, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**change).check()
 
 
 def test_resume_through_the_cli_finishes_the_run(tmp_path, archive, capsys):
