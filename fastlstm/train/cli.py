@@ -179,7 +179,7 @@ def _help(name: str) -> str:
     value = _shown(_DEFAULTS, name)
     if value is None:
         return opt.help
-    colon = ":" if getattr(_DEFAULTS, option(name).shown or name) is None else ""
+    colon = ":" if getattr(_DEFAULTS, opt.shown or name) is None else ""
     return f"{opt.help} (default{colon} {value})"
 
 

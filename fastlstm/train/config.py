@@ -312,7 +312,14 @@ class TrainConfig(ModelSettings):
 
 def option(name: str) -> Option:
     """The :class:`Option` of :class:`TrainConfig` field ``name``."""
-    return _FIELDS[name].metadata["option"]
+    metadata = _FIELDS[name].metadata
+    try:
+        return metadata["option"]
+    except KeyError:
+        # A ModelSettings field TrainConfig does not declare again with its option.
+        raise TypeError(
+            f"TrainConfig.{name} has no Option: declare it in fastlstm/train/config.py"
+        ) from None
 
 
 def value_type(name: str) -> type:
