@@ -18,8 +18,8 @@ compute dtype (the input's, or the autocast dtype) and accumulate in fp32 inside
 the recurrence keeps state in :func:`acc_dtype`; the bias sum and the bias gradients are
 reduced in :func:`acc_dtype` and rounded once.
 
-A leaf module (it imports only ``fastlstm.sequences``), so that both ``fastlstm.backends``
-and ``fastlstm.kernels.lstm_direction`` can use it.
+It imports only ``fastlstm.sequences``: the backends build on it, and the kernels below it
+know nothing of autograd.
 """
 
 from __future__ import annotations
@@ -225,10 +225,10 @@ def run_direction(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer over ``rec`` (differentiable); ``out, h_n, c_n``.
 
-    Arguments are checked by the caller (``fastlstm.functional`` or
-    ``fastlstm.kernels.lstm_direction``): ``x [T, B, I]``, ``w_ih [4H, I]``,
-    ``w_hh [4H, P]``, biases ``[4H]`` or None, ``w_hr [P, H]`` or None, ``h0 [B, P]``,
-    ``c0 [B, H]``, ``lengths`` int64 ``[B]`` in ``[1, T]`` on ``x.device`` or None.
+    Arguments are checked by the caller (``fastlstm.functional``): ``x [T, B, I]``,
+    ``w_ih [4H, I]``, ``w_hh [4H, P]``, biases ``[4H]`` or None, ``w_hr [P, H]`` or None,
+    ``h0 [B, P]``, ``c0 [B, H]``, ``lengths`` int64 ``[B]`` in ``[1, T]`` on ``x.device`` or
+    None.
     Under ``torch.autocast`` the floating inputs run in the autocast dtype.
     """
     tensors = autocast_inputs((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), x.device.type)

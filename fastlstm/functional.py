@@ -1,17 +1,26 @@
-"""Functional LSTM: argument checks, the walk over layers and directions, backend dispatch."""
+"""Functional LSTM: argument checks, the walk over layers and directions, backend dispatch.
+
+:func:`lstm` runs a whole (multi-layer, bidirectional) LSTM, :func:`lstm_direction` one
+direction of one layer; both pick a backend with ``fastlstm.backends.select_backend`` and run
+each direction the one way that backend offers: the shared autograd glue
+(``fastlstm.direction``) over its recurrence pair, the fused aten op, or, inside a traced
+graph, the custom op of ``fastlstm.backends.compiled``.
+"""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastlstm.backends import REGISTRY, BackendChoice, compiled, select_backend
+from fastlstm import direction
+from fastlstm.backends import REGISTRY, BackendChoice, compiled, recurrence, select_backend
 
-__all__ = ["check_lengths", "lstm", "lstm_with_backend"]
+__all__ = ["check_lengths", "lstm", "lstm_direction", "lstm_with_backend"]
 
 logger = logging.getLogger("fastlstm")
 
@@ -34,8 +43,10 @@ def check_lengths(
 
     Every length must lie in ``[1, seq_len]``: a sequence of length zero has no last valid
     step to take ``h_n`` from (``nn.utils.rnn.pack_padded_sequence`` rejects it too). The
-    values are read to the host once, here; everything below uses this copy instead of
-    reading the tensor again (each read of a CUDA tensor stalls the launch queue).
+    values are read once, here, and everything below uses this copy. Lengths on the CPU (as
+    ``pack_padded_sequence`` takes them) cost no sync: the read is a host read and the copy
+    to ``device`` is non-blocking; lengths already on a GPU cost one read there, which waits
+    for the work queued before it.
     """
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
@@ -54,7 +65,7 @@ def check_lengths(
                 f"lengths: every length must be between 1 and the sequence length {seq_len}, "
                 f"got values from {lo} to {hi}"
             )
-    return lengths.to(device=device, dtype=torch.int64), host
+    return lengths.to(device=device, dtype=torch.int64, non_blocking=True), host
 
 
 def _check_hidden(
@@ -89,11 +100,11 @@ def lstm_with_backend(
     batch_first: bool = False,
     lengths: Tensor | None = None,
     backend: str = "auto",
+    design: str | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor], BackendChoice]:
     """:func:`lstm`, also returning the :class:`BackendChoice` that ran."""
     D = 2 if bidirectional else 1
     per = _weights_per_layer(weights, num_layers, D)
-    has_biases = per in (4, 5)
     has_proj = per in (3, 5)
     w_ih0, w_hh0 = weights[0], weights[1]
     H = w_hh0.shape[0] // 4
@@ -131,10 +142,10 @@ def lstm_with_backend(
         hx = (zeros(num_layers * D, B, P), zeros(num_layers * D, B, H))
     else:
         _check_hidden(hx, (num_layers * D, B, P), (num_layers * D, B, H), x)
-    compiling = torch.compiler.is_compiling()
+    traced = _traced()
     lengths_host = None
     if lengths is not None:
-        if compiling:
+        if traced:
             # Value checks would read the tensor back and break the graph.
             lengths = lengths.to(device=x.device, dtype=torch.int64)
         else:
@@ -152,58 +163,105 @@ def lstm_with_backend(
         # right shapes on any device without asking a kernel to launch on an empty grid.
         choice = BackendChoice("reference", "empty batch")
     else:
-        is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-        transformed = not compiling and any(is_wrapped(t) for t in (x, *weights))
-        # Under autocast the recurrence runs in the autocast dtype: ask about that one.
-        run_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        choice = select_backend(
-            backend,
-            x.device,
-            run_dtype,
-            H,
-            P if has_proj else 0,
-            compiling=compiling,
-            transformed=transformed,
-        )
-    entry = REGISTRY[choice.name]
-    if not compiling:
+        choice = _choose(backend, design, x, weights, H, P if has_proj else 0, B, traced)
+    if not traced:
         logger.debug("fastlstm backend %r: %s", choice.name, choice.reason)
-
-    if entry.run_stack is not None and lengths is None and not compiling:
-        out, h_n, c_n = entry.run_stack(
-            x, tuple(hx), list(weights), has_biases, num_layers, dropout, training, bidirectional
-        )
-    else:
-        h0, c0 = hx
-        layer_in = x
-        h_ns, c_ns = [], []
-        for layer in range(num_layers):
-            outs = []
-            for direction in range(D):
-                k = layer * D + direction
-                w = weights[k * per : (k + 1) * per]
-                b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-                w_hr = w[-1] if has_proj else None
-                args = (layer_in, w[0], w[1], b_ih, b_hh, w_hr, h0[k], c0[k], lengths)
-                if compiling:
-                    # Under torch.compile every direction runs through the opaque custom op.
-                    out_d, h_d, c_d = compiled.run_direction(
-                        *args, direction == 1, backend=choice.name
-                    )
-                else:
-                    out_d, h_d, c_d = entry.run_direction(*args, direction == 1, lengths_host)
-                outs.append(out_d)
-                h_ns.append(h_d)
-                c_ns.append(c_d)
-            layer_in = outs[0] if D == 1 else torch.cat(outs, -1)  # [T, B, D*P]
-            if dropout > 0 and training and layer < num_layers - 1:
-                layer_in = F.dropout(layer_in, dropout, training=True)
-        out, h_n, c_n = layer_in, torch.stack(h_ns), torch.stack(c_ns)
+    layers = (x, hx, weights, per, num_layers, D, dropout, training, lengths, lengths_host)
+    try:
+        out, h_n, c_n = _run_layers(choice, traced, *layers)
+    except RuntimeError as err:
+        if not (backend == "auto" and choice.name == "triton" and _kernels_gave_up(err)):
+            raise
+        # A measured design failed to launch here: cuDNN instead, and the kernels remember
+        # the failure, so the next call goes straight there.
+        warnings.warn(f"fastlstm: running cuDNN instead of Triton: {err}", RuntimeWarning, 2)
+        choice = BackendChoice("aten", f"the Triton kernels failed to launch: {err}")
+        out, h_n, c_n = _run_layers(choice, traced, *layers)
     if out.shape[0] < T:
         out = F.pad(out, (0, 0, 0, 0, 0, T - out.shape[0]))  # [T, B, D*P], zeros past the end
     if batch_first:
         out = out.transpose(0, 1)
     return out, (h_n, c_n), choice
+
+
+def _traced() -> bool:
+    """Inside a graph being recorded (``torch.compile``, ``torch.export``, ``jit.trace``)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _kernels_gave_up(err: RuntimeError) -> bool:
+    from fastlstm.kernels import KernelLaunchError  # imported already: triton just ran
+
+    return isinstance(err, KernelLaunchError)
+
+
+def _choose(backend, design, x, weights, hidden, proj, batch, traced) -> BackendChoice:
+    autocast = torch.is_autocast_enabled(x.device.type)
+    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    transformed = not traced and any(is_wrapped(t) for t in (x, *weights))
+    # Under autocast the recurrence runs in the autocast dtype: ask about that one.
+    run_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    return select_backend(
+        backend,
+        x.device,
+        run_dtype,
+        hidden,
+        proj,
+        batch_size=batch,
+        design=design,
+        compiling=traced,
+        transformed=transformed,
+    )
+
+
+def _direction_runner(choice: BackendChoice, traced: bool):
+    """``run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, lengths_host)``: one
+    direction the way ``choice``'s backend runs it."""
+    entry = REGISTRY[choice.name]
+    if traced:
+        return lambda *args, reverse, lengths_host: compiled.run_direction(
+            *args, reverse, choice.name, choice.designs, choice.pinned
+        )
+    if entry.run_direction is not None:
+        return lambda *args, reverse, lengths_host: entry.run_direction(
+            *args, reverse, lengths_host
+        )
+    rec = recurrence(choice.name, choice.designs, choice.pinned)
+    return lambda *args, reverse, lengths_host: direction.run_direction(rec, *args, reverse)
+
+
+def _run_layers(
+    choice, traced, x, hx, weights, per, num_layers, D, dropout, training, lengths, lengths_host
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every layer and direction of padded ``x [T, B, I]`` on ``choice``'s backend."""
+    entry = REGISTRY[choice.name]
+    has_biases = per in (4, 5)
+    if entry.run_stack is not None and lengths is None and not traced:
+        return entry.run_stack(
+            x, tuple(hx), list(weights), has_biases, num_layers, dropout, training, D == 2
+        )
+    run = _direction_runner(choice, traced)
+    h0, c0 = hx
+    layer_in = x
+    h_ns, c_ns = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w = weights[k * per : (k + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            w_hr = w[-1] if per in (3, 5) else None
+            out_d, h_d, c_d = run(
+                layer_in, w[0], w[1], b_ih, b_hh, w_hr, h0[k], c0[k], lengths,
+                reverse=d == 1, lengths_host=lengths_host,
+            )  # fmt: skip
+            outs.append(out_d)
+            h_ns.append(h_d)
+            c_ns.append(c_d)
+        layer_in = outs[0] if D == 1 else torch.cat(outs, -1)  # [T, B, D*P]
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_in = F.dropout(layer_in, dropout, training=True)
+    return layer_in, torch.stack(h_ns), torch.stack(c_ns)
 
 
 def lstm(
@@ -218,6 +276,7 @@ def lstm(
     batch_first: bool = False,
     lengths: Tensor | None = None,
     backend: str = "auto",
+    design: str | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Run a (multi-layer, optionally bidirectional) LSTM over padded input.
 
@@ -236,6 +295,8 @@ def lstm(
             report), and the reverse direction starts there; the same results as
             ``nn.LSTM`` on the equivalent ``PackedSequence``.
         backend: ``"auto"``, ``"reference"``, ``"aten"`` or ``"triton"``.
+        design: with ``backend="triton"``, pin one kernel design (``"persistent"``,
+            ``"step"``, ``"batch"``): no fallback, for measuring one design.
 
     Returns:
         ``output [T, B, D*P]`` (batch-first if requested) and ``(h_n, c_n)``.
@@ -251,5 +312,105 @@ def lstm(
         batch_first=batch_first,
         lengths=lengths,
         backend=backend,
+        design=design,
     )
     return out, state
+
+
+def _check_shape(name: str, t: Tensor | None, expected: tuple[int, ...]) -> None:
+    if t is not None and tuple(t.shape) != expected:
+        raise ValueError(f"{name} must have shape {list(expected)}, got {list(t.shape)}")
+
+
+def _check_direction_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [T, B, I], got shape {list(x.shape)}")
+    T, B, I = x.shape
+    if T == 0 or B == 0:
+        raise ValueError(f"x must have T >= 1 and B >= 1, got shape {list(x.shape)}")
+    if w_ih.dim() != 2 or w_ih.shape[0] % 4 != 0:
+        raise ValueError(f"w_ih must be [4H, I], got shape {list(w_ih.shape)}")
+    H = w_ih.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
+    _check_shape("w_ih", w_ih, (4 * H, I))
+    _check_shape("w_hh", w_hh, (4 * H, P))
+    _check_shape("w_hr", w_hr, (P, H))
+    _check_shape("b_ih", b_ih, (4 * H,))
+    _check_shape("b_hh", b_hh, (4 * H,))
+    _check_shape("h0", h0, (B, P))
+    _check_shape("c0", c0, (B, H))
+    named = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "b_ih": b_ih, "b_hh": b_hh}
+    named.update(h0=h0, c0=c0)
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}, expected {x.device} like x")
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype}, expected {x.dtype} like x")
+
+
+def lstm_direction(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    w_hr: Tensor | None = None,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    *,
+    backend: str = "auto",
+    design: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of one LSTM layer (differentiable): the primitive every backend serves.
+
+    The input projection is one GEMM, the time loop runs on the backend (for ``triton`` one
+    kernel launch), and backward runs the loop backwards, then GEMMs for the weight, input
+    and bias gradients. State and accumulation are fp32 whatever the input dtype. Under
+    ``torch.autocast`` the floating inputs are cast to the autocast dtype first, as autocast
+    does for ``nn.LSTM``.
+
+    Args:
+        x: ``[T, B, I]`` padded input.
+        w_ih: ``[4H, I]``; w_hh: ``[4H, P]`` weights, gate order i, f, g, o.
+        b_ih, b_hh: ``[4H]`` biases, or None.
+        w_hr: ``[P, H]`` projection weight (``proj_size = P``), or None (``P = H``).
+        h0, c0: ``[B, P]`` and ``[B, H]`` initial state; zeros when None.
+        lengths: ``[B]`` integer valid lengths in ``[1, T]`` (on the CPU to spare a sync),
+            or None when every sequence has length ``T``.
+        reverse: run each sequence backwards, starting at its own last valid step.
+        backend: ``"auto"``, ``"reference"``, ``"aten"`` or ``"triton"``.
+        design: with ``backend="triton"``, pin one kernel design (no fallback).
+
+    Returns:
+        ``out [T, B, P]`` (zero past each length), ``h_n [B, P]`` and ``c_n [B, H]`` taken at
+        each sequence's last valid step.
+
+    Raises:
+        ValueError: shapes, dtypes, devices or lengths that do not fit together.
+        RuntimeError: a named backend (or design) that cannot serve the call, saying why.
+    """
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = direction.autocast_inputs(
+        (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), x.device.type
+    )
+    _check_direction_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    T, B, _ = x.shape
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    h0 = x.new_zeros(B, P) if h0 is None else h0
+    c0 = x.new_zeros(B, H) if c0 is None else c0
+    traced = _traced()
+    lengths_host = None
+    if lengths is not None:
+        if traced:
+            lengths = lengths.to(device=x.device, dtype=torch.int64)
+        else:
+            lengths, lengths_host = check_lengths(lengths, B, T, x.device)
+    weights = [t for t in (w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
+    proj = 0 if w_hr is None else P
+    choice = _choose(backend, design, x, weights, H, proj, B, traced)
+    run = _direction_runner(choice, traced)
+    args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths)
+    return run(*args, reverse=bool(reverse), lengths_host=lengths_host)

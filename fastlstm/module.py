@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastlstm.backends import BACKENDS
+from fastlstm.backends import BACKENDS, DESIGNS
 from fastlstm.functional import lstm_with_backend
 
 __all__ = ["LSTM"]
@@ -63,6 +63,9 @@ class LSTM(nn.RNNBase):
             each call's device, dtype and shape, ``"reference"`` runs the pure-PyTorch
             implementation, ``"aten"`` the fused op that ``nn.LSTM`` runs, ``"triton"`` the
             fused Triton kernels. A named backend that cannot serve a call raises an error.
+        design: keyword-only, with ``backend="triton"``: pin one kernel design
+            (``"persistent"``, ``"step"`` or ``"batch"``, see docs/kernels.md) instead of the
+            measured or modelled choice, with no fallback: for measuring one design.
 
     Forward:
         ``forward(input, hx=None, *, lengths=None)``. ``input`` is ``[T, B, I]``,
@@ -89,9 +92,15 @@ class LSTM(nn.RNNBase):
         dtype: torch.dtype | None = None,
         *,
         backend: str = "auto",
+        design: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if design is not None and (backend != "triton" or design not in DESIGNS):
+            raise ValueError(
+                f"design={design!r}: pins a Triton kernel design, one of {', '.join(DESIGNS)}, "
+                "and needs backend='triton'"
+            )
         super().__init__(
             "LSTM",
             input_size,
@@ -106,11 +115,16 @@ class LSTM(nn.RNNBase):
             dtype=dtype,
         )
         self.backend = backend
+        self.design = design
         self.last_backend: str | None = None
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        if self.design is not None:
+            s += f", design={self.design!r}"
+        return s
 
     def forward(  # type: ignore[override]
         self,
@@ -169,6 +183,7 @@ class LSTM(nn.RNNBase):
             batch_first=batch_first,
             lengths=lengths,
             backend=self.backend,
+            design=self.design,
         )
         self.last_backend = choice.name
 

@@ -1,23 +1,39 @@
 """Fused Triton kernels for the LSTM recurrence (ships as ``fastlstm.kernels``).
 
-``lstm_direction`` is the differentiable entry point for one direction of one layer;
-``lstm_recurrence_forward``/``lstm_recurrence_backward`` are the bare recurrence pair with the
-same contract as the reference primitives, dispatching to the batch-tiled, persistent or
-one-step-per-launch kernels by ``choose_design`` (``FASTLSTM_TRITON_DESIGN`` forces one);
-``can_serve``/``unsupported_reason`` say when the kernels cannot run a request. See
-``docs/kernels.md`` for the maths and the designs.
+The bottom layer of fastlstm: it imports torch, triton and its own files only.
+
+- ``recurrence_forward`` / ``recurrence_backward``: the recurrence pair over a precomputed
+  input projection (no autograd), with the contract of the reference backend's pair; the
+  autograd glue that turns it into a differentiable LSTM direction is ``fastlstm.direction``.
+- ``why_not``: why the kernels (or one design) cannot serve a call, or None.
+- ``choose_design`` / ``measured_designs``: which design runs, from ``FASTLSTM_TRITON_DESIGN``,
+  the committed GPU measurements (``kernels/measured.json``) or the latency model.
+
+Files, bottom up: ``launch.py`` (targets, tiles, limits, the launch door), ``common.py``
+(shared ``@triton.jit`` helpers), ``batch.py`` and ``persistent.py`` (each design's kernels
+and launchers), ``measured.py`` (the design table), ``dispatch.py`` (the one dispatcher).
+See docs/kernels.md for the maths and the designs.
 """
 
-from .launch import choose_design, forced_design, recurrence_config, unsupported_reason
-from .lstm import can_serve, lstm_direction, lstm_recurrence_backward, lstm_recurrence_forward
+from .dispatch import (
+    KernelLaunchError,
+    choose_design,
+    forced_design,
+    measured_designs,
+    recurrence_backward,
+    recurrence_forward,
+)
+from .launch import DESIGN_ENV, DESIGNS, dot_precision, why_not
 
 __all__ = [
-    "can_serve",
+    "DESIGNS",
+    "DESIGN_ENV",
+    "KernelLaunchError",
     "choose_design",
+    "dot_precision",
     "forced_design",
-    "lstm_direction",
-    "lstm_recurrence_backward",
-    "lstm_recurrence_forward",
-    "recurrence_config",
-    "unsupported_reason",
+    "measured_designs",
+    "recurrence_backward",
+    "recurrence_forward",
+    "why_not",
 ]

@@ -1,241 +1,344 @@
-"""Launch settings for the LSTM kernels: pure functions of shape, dtype and device.
+"""Launch settings: the target GPU, every design's tiles and warps, why a design cannot serve a
+call, and the one door every kernel launch goes through.
 
-One place decides tile sizes, warps, stages and register budgets, deterministically (no
-autotuning), so a given shape on a given GPU always runs the same code: reproducible tests
-and benchmarks. It also says which requests the kernels cannot serve
-(:func:`unsupported_reason`), which the ``auto`` backend selection uses to fall back; which
-kernel design serves a call (:func:`choose_design`, forced by ``FASTLSTM_TRITON_DESIGN``);
-the one door every launch goes through (:func:`launch`); and the compile spec of a kernel
-at one launch setting (:class:`KernelBuild`).
+Pure functions of (target, dtype, shape): no autotuning, so a shape on a GPU always runs the
+same code and tests and benchmarks are reproducible. Imports torch only; the kernel files
+import this one.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-
-from fastlstm.runtime import triton_interpreting as interpreting
 
 __all__ = [
     "DESIGNS",
     "DESIGN_ENV",
+    "H200",
     "MAX_HIDDEN",
     "SUPPORTED_DTYPES",
-    "KernelBuild",
-    "RecurrenceConfig",
-    "choose_design",
+    "BatchConfig",
+    "PersistentConfig",
+    "Target",
+    "batch_config",
     "design_step_us",
-    "design_unsupported_reason",
     "dot_precision",
-    "forced_design",
     "interpreting",
     "launch",
-    "recurrence_config",
-    "unsupported_reason",
+    "persistent_config",
+    "target_of",
+    "why_not",
 ]
 
-# Beyond this one program per batch tile streams more than 32 MiB of W_hh per step;
-# the reference or cuDNN serve such sizes better.
+# The kernel designs, in fallback order: when one fails to launch the next one runs, and the
+# batch-tiled design, which needs neither co-residency nor a resident slice, comes last.
+DESIGNS = ("persistent", "step", "batch")
+DESIGN_ENV = "FASTLSTM_TRITON_DESIGN"
+# Beyond this a batch-tiled program streams more than 32 MiB of W_hh per step; cuDNN or the
+# reference serve such sizes better.
 MAX_HIDDEN = 2048
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@dataclass(frozen=True)
-class RecurrenceConfig:
-    """Tile sizes and launch options shared by the forward and backward kernels.
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-    ``block_b`` rows of the batch per program; the hidden dimension is walked in
-    ``block_h`` columns (per gate) and the reduction over ``h`` in ``block_k`` chunks.
-    Every side is at least 16 because ``tl.dot`` needs it. ``maxnreg`` is the register
-    budget per thread given to ptxas (``.maxnreg``; None leaves ptxas its own target).
-    """
 
-    block_b: int
-    block_h: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-    maxnreg: int | None = None
+def pow2(n: int, lo: int = 16) -> int:
+    """The next power of two ``>= n``, at least ``lo`` (``tl.dot`` needs sides >= 16)."""
+    return max(lo, 1 << max(0, int(n) - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
 
 
 @dataclass(frozen=True)
-class KernelBuild:
-    """One kernel at one launch setting, for compiling ahead of time without a GPU.
+class Target:
+    """What a launch plan depends on: the GPU's size, or the interpreter.
 
-    Each kernel family exposes the builds its launchers can pick (``resource_cases()``);
-    ``benchmarks/kernel_resources.py`` compiles them for sm_90 and reports registers, shared
-    memory and spills, one line per build.
-
-    Attributes:
-        name: the report's ``kernel=`` field, e.g. ``"lstm_fwd"``.
-        kernel: the ``@triton.jit`` function (a ``@triton.heuristics`` wrapper is unwrapped
-            by the compiler helper, so give the heuristics' outputs in ``constexprs``).
-        signature: Triton type of every runtime argument: ``"*fp32"``, ``"*bf16"``,
-            ``"*fp16"``, ``"*i64"``, ``"i32"``, ``"i64"``.
-        constexprs: value of every other argument: the ``tl.constexpr`` parameters and the
-            pointers passed as ``None``.
-        num_warps, num_stages: the launch options the launcher uses.
-        dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (weights/inputs) for the report.
-        hidden: ``H`` for the report.
-        fields: further ``key=value`` report fields (``B``, ``lengths``, ``proj``, ``design``).
-        maxnreg: the launch's ``maxnreg`` option (ptxas register budget), or None.
+    ``smem_per_block`` is the most dynamic shared memory one program may use (the opt-in
+    limit: 232,448 bytes on sm_90). The interpreter plans like an H200 except that the
+    persistent design runs one program there (programs run one after another, so a grid
+    barrier between several could never complete).
     """
 
     name: str
-    kernel: Any
-    signature: dict[str, str]
-    constexprs: dict[str, Any]
-    num_warps: int
-    num_stages: int
-    dtype: str
-    hidden: int
-    fields: dict[str, Any] = field(default_factory=dict)
-    maxnreg: int | None = None
+    sms: int
+    smem_per_block: int
+    capability: tuple[int, int]
+    interpreter: bool = False
 
 
-def launch(
-    kernel,
-    grid: tuple[int, ...],
-    *,
-    device: torch.device,
-    num_warps: int,
-    num_stages: int,
-    cooperative: bool = False,
-    maxnreg: int | None = None,
-    **kernel_args,
-) -> None:
-    """Launch ``kernel[grid]`` with keyword arguments: the one door every kernel launch uses.
+H200 = Target("NVIDIA H200 (planned)", sms=132, smem_per_block=232_448, capability=(9, 0))
+_INTERPRETER = Target("Triton interpreter", 132, 232_448, (9, 0), interpreter=True)
 
-    ``cooperative`` asks the driver to guarantee that all programs are resident at once
-    (``launch_cooperative_grid``, Triton >= 3.3), which a grid barrier inside the kernel
-    needs; the interpreter runs programs one after another and ignores it. Tools that
-    inspect launches (``benchmarks/kernel_resources.py``) wrap this function. ``maxnreg``
-    caps the registers per thread (ptxas ``.maxnreg``); the interpreter ignores it.
-    """
-    options = {"num_warps": num_warps, "num_stages": num_stages}
-    if cooperative:
-        options["launch_cooperative_grid"] = True
-    if maxnreg is not None:
-        options["maxnreg"] = maxnreg
+
+@functools.cache
+def _cuda_target(index: int) -> Target:
+    props = torch.cuda.get_device_properties(index)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or 232_448
+    return Target(props.name, props.multi_processor_count, smem, (props.major, props.minor))
+
+
+def target_of(device: torch.device) -> Target:
+    """The target a call on ``device`` plans for (one source of the SM count)."""
+    device = torch.device(device)
     if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[grid](**kernel_args, **options)
-    else:
-        kernel[grid](**kernel_args, **options)
-
-
-def _pow2_tile(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, 1 << max(0, n - 1).bit_length()))
-
-
-def recurrence_config(batch: int, hidden: int, proj: int, dtype: torch.dtype) -> RecurrenceConfig:
-    """Tiles for a ``[batch]`` x ``hidden`` (x ``proj``) recurrence with weights of ``dtype``.
-
-    The time loop is latency-bound, so more programs (smaller batch tiles) run more of the
-    batch in parallel; 16 rows is the smallest tile ``tl.dot`` accepts, and only very large
-    batches get 32 so that the weight traffic per row halves. Hidden tiles of up to 32
-    columns and reduction chunks of 16 entries of ``h``, with 4 warps, keep the four gate
-    accumulators and the ``tl.dot`` operands in registers without spilling in any dtype or
-    precision (``benchmarks/kernel_resources.py``; exact fp32 dots run on the FMA units,
-    which hold a whole ``K`` chunk of both operands per thread). ptxas gets the whole
-    register file (``maxnreg`` 255): this design runs one program per SM, and left to
-    itself ptxas aims at 128 or even 32 registers and spills. ``dtype`` is part of the
-    contract (the chunk that fits depends on it) although every dtype fits these tiles.
-    """
-    del dtype
-    block_b = 32 if batch >= 1024 else 16
-    block_h = _pow2_tile(hidden, 16, 32)
-    block_k = _pow2_tile(proj, 16, 16)
-    num_warps = 8 if block_b * block_h > 512 else 4
-    return RecurrenceConfig(block_b, block_h, block_k, num_warps, num_stages=1, maxnreg=255)
+        return _cuda_target(device.index if device.index is not None else 0)
+    return _INTERPRETER
 
 
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision: TF32 for fp32 unless ``torch.backends.cudnn.allow_tf32``
-    is False, then exact fp32 ("ieee").
+    is False, then exact fp32 (``"ieee"``).
 
-    ``nn.LSTM`` on CUDA runs fp32 through cuDNN, which uses TF32 unless that switch is off
-    (it is on by default), so the drop-in follows the same switch: the same precision and
-    speed trade as what it replaces. Read at every launch, so flipping it takes effect at
-    the next call. Half-precision operands always use the tensor cores in their own type
-    ("tf32" is then ignored by Triton).
+    ``nn.LSTM`` runs fp32 through cuDNN, which uses TF32 unless that switch is off (it is on
+    by default), so the drop-in follows the same switch. Read at every launch. Half-precision
+    operands always use the tensor cores in their own type.
     """
     if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         return "ieee"
     return "tf32"
 
 
-def unsupported_reason(
-    device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int = 0
+def _elem(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Tiles of the batch-tiled kernels: ``block_b`` rows per program, the hidden dimension in
+    ``block_h`` columns per gate, the reduction over ``h`` in ``block_k`` chunks; ``maxnreg``
+    is the register budget per thread given to ptxas."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+    num_stages: int = 1
+    maxnreg: int | None = 255
+
+    def grid(self, batch: int) -> tuple[int]:
+        return (cdiv(batch, self.block_b),)
+
+
+def batch_config(batch: int, hidden: int, proj: int = 0) -> BatchConfig:
+    """Tiles for a ``[batch]`` x ``hidden`` (x ``proj``) recurrence.
+
+    The loop is latency-bound, so more programs (smaller batch tiles) run more of the batch in
+    parallel: 16 rows, the smallest tile ``tl.dot`` accepts, and 32 only for very large
+    batches (the weight traffic per row halves). Hidden tiles of up to 32 columns and
+    reduction chunks of 16 keep the four gate accumulators and the dot operands in registers
+    in every dtype and precision. ptxas gets the whole register file (``maxnreg`` 255): one
+    program per SM, and left to itself ptxas aims lower and spills.
+    """
+    block_b = 32 if batch >= 1024 else 16
+    block_h = max(16, min(32, pow2(hidden)))
+    block_k = 16
+    num_warps = 8 if block_b * block_h > 512 else 4
+    del proj  # every projection size fits these tiles
+    return BatchConfig(block_b, block_h, block_k, num_warps)
+
+
+@dataclass(frozen=True)
+class PersistentConfig:
+    """Tiles of the weight-stationary kernels (``persistent`` and ``step`` designs).
+
+    ``block_hs`` hidden units (all four gates) and ``block_b`` batch rows per program; the
+    rest is derived: projection columns per program (``block_ps``), slices summed per chunk
+    in backward (``block_ns``), and the shared memory a program needs (:meth:`smem_bytes`).
+    ``step_cell_warps`` overrides ``num_warps`` for the step design's forward cell kernel.
+    """
+
+    block_b: int
+    block_hs: int
+    num_warps: int
+    num_stages: int = 1
+    step_cell_warps: int | None = None
+    maxnreg: int | None = None
+
+    def warps(self, kernel: str) -> int:
+        """Warps of one kernel (``persistent_fwd``, ``step_fwd_p0``, ...)."""
+        if kernel == "step_fwd_p0" and self.step_cell_warps:
+            return self.step_cell_warps
+        return self.num_warps
+
+    def n_slices(self, hidden: int) -> int:
+        return cdiv(hidden, self.block_hs)
+
+    def grid(self, batch: int, hidden: int) -> tuple[int, int]:
+        return (self.n_slices(hidden), cdiv(batch, self.block_b))
+
+    def block_ps(self, hidden: int, proj: int) -> int:
+        return pow2(cdiv(proj, self.n_slices(hidden)))
+
+    def block_ns(self, hidden: int, cols: int) -> int:
+        # Slices summed per tl.sum in backward. Each chunk costs one dependent L2 round trip,
+        # so all slices at once while the [BLOCK_NS, BLOCK_B, cols] load stays within 8K
+        # elements (32 registers per thread at 8 warps).
+        cap = max(1, 8192 // (self.block_b * cols))
+        return max(1, min(pow2(self.n_slices(hidden), 1), cap))
+
+    def resident_bytes(self, hidden: int, proj: int, elem: int) -> int:
+        """The slice of ``W_hh`` (and ``W_hr``) a program keeps for the whole loop."""
+        P = proj or hidden
+        w = 4 * self.block_hs * pow2(P) * elem
+        if proj:
+            # forward W_hr^T rows [BLOCK_HK, BLOCK_PS]; backward W_hr columns [BLOCK_P, BLOCK_HS]
+            w += max(pow2(hidden) * self.block_ps(hidden, proj), pow2(P) * self.block_hs) * elem
+        return w
+
+    def smem_bytes(self, hidden: int, proj: int, elem: int) -> int:
+        """Upper bound of a program's shared memory: the resident slice, the staged ``h`` (or
+        ``r``) tile that feeds ``tl.dot``, and the fp32 ``[BLOCK_B, 4*BLOCK_HS]`` scratch of
+        the layout conversion between the dot's result and the interleaved gate split.
+        ``benchmarks/kernel_resources.py`` checks it against what Triton allocates."""
+        staged = self.block_b * max(pow2(proj or hidden), pow2(hidden) if proj else 0) * elem
+        scratch = self.block_b * 4 * self.block_hs * 4
+        return self.resident_bytes(hidden, proj, elem) + staged + scratch
+
+
+def persistent_config(
+    target: Target, design: str, dtype: torch.dtype, batch: int, hidden: int, proj: int
+) -> PersistentConfig:
+    """Deterministic tiles of the weight-stationary designs.
+
+    Under the interpreter the ``persistent`` design gets one program (all of ``H`` and
+    ``B``). Otherwise: the smallest batch tile ``tl.dot`` accepts (16 rows, so the batch is
+    spread over as many programs as possible), then the fewest hidden units per program (at
+    least 4, so the four interleaved gates give ``tl.dot`` 16 columns; 16 with a projection,
+    whose backward dot has only the slice's units as columns) for which the grid fits one
+    program per SM; when that slice does not fit the shared memory, the next wider batch tile
+    (fewer tiles, so more SMs per tile and narrower slices). Both designs use the same tiles
+    on a GPU, so their saved tensors are the same computation.
+    """
+    if design == "persistent" and target.interpreter:
+        return PersistentConfig(block_b=pow2(batch), block_hs=pow2(hidden), num_warps=4)
+    elem = _elem(dtype)
+    lo = 16 if proj else 4
+    top = pow2(hidden, lo)
+    choice = None
+    for block_b in (16, 32, 64, 128):
+        hs = lo
+        while hs < top and math.prod(PersistentConfig(block_b, hs, 4).grid(batch, hidden)) > (
+            target.sms
+        ):
+            hs *= 2
+        cfg = PersistentConfig(block_b, hs, 4)
+        if math.prod(cfg.grid(batch, hidden)) > target.sms:
+            break  # even all of H per program does not fit: the batch needs more SMs
+        if cfg.smem_bytes(hidden, proj, elem) <= target.smem_per_block:
+            choice = cfg
+            break
+        if block_b >= batch:
+            break
+    if choice is None:  # serves the step design; the persistent one is refused
+        choice = PersistentConfig(16, lo, 4)
+    # More threads for wider resident tiles: fewer operand registers per thread. The step
+    # design's cell kernel with a projection spills at 8 warps where 4 do not (sm_90).
+    num_warps = 8 if choice.resident_bytes(hidden, proj, elem) >= 16 * 1024 else 4
+    return PersistentConfig(
+        choice.block_b, choice.block_hs, num_warps, step_cell_warps=4 if proj else None
+    )
+
+
+def why_not(
+    device: torch.device,
+    dtype: torch.dtype,
+    hidden: int,
+    proj: int = 0,
+    *,
+    batch: int = 1,
+    design: str | None = None,
 ) -> str | None:
-    """None when the kernels can run this request, else a human-readable reason."""
+    """None when the kernels can serve this call, else a human-readable reason.
+
+    Without ``design``: the checks every design shares (dtype, size, device). With one of
+    :data:`DESIGNS`: also that design's own limits (resident slice within shared memory,
+    co-resident grid, int32 offsets) at the tiles it would use on ``device``.
+    """
     device = torch.device(device)
     if dtype not in SUPPORTED_DTYPES:
         return f"dtype {dtype} is not supported by the Triton kernels (float32, bfloat16, float16)"
-    if hidden_size > MAX_HIDDEN:
-        return f"hidden size {hidden_size} > {MAX_HIDDEN} supported by the Triton kernels"
-    if proj_size > MAX_HIDDEN:
-        return f"proj_size {proj_size} > {MAX_HIDDEN} supported by the Triton kernels"
+    if hidden > MAX_HIDDEN:
+        return f"hidden size {hidden} > {MAX_HIDDEN} supported by the Triton kernels"
+    if proj > MAX_HIDDEN:
+        return f"proj_size {proj} > {MAX_HIDDEN} supported by the Triton kernels"
     if device.type == "cpu":
         if not interpreting():
             return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
         if dtype == torch.bfloat16:
-            # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bf16).
+            # The interpreter computes bfloat16 tl.dot wrongly (numpy has no bf16).
             return "bfloat16 is not supported by the Triton CPU interpreter (it runs on CUDA)"
     elif device.type != "cuda":
         return f"device type {device.type!r} is not supported by the Triton kernels"
-    if device.type == "cuda":
+    else:
         major, minor = torch.cuda.get_device_capability(device)
         if major < 7:
             return f"compute capability {major}.{minor} < 7.0 (tl.dot needs tensor cores)"
         if dtype == torch.bfloat16 and major < 8:
             return f"bfloat16 needs compute capability >= 8.0, this GPU is {major}.{minor}"
+    if design is None or design == "batch":
+        return None
+    if design not in DESIGNS:
+        return f"unknown kernel design {design!r} (expected one of {', '.join(DESIGNS)})"
+    return plan_why_not(target_of(device), design, dtype, batch, hidden, proj)
+
+
+def plan_why_not(
+    target: Target, design: str, dtype: torch.dtype, batch: int, hidden: int, proj: int
+) -> str | None:
+    """A weight-stationary design's own limits at the tiles it would use on ``target``."""
+    cfg = persistent_config(target, design, dtype, batch, hidden, proj)
+    if 2 * cfg.n_slices(hidden) * batch * max(4 * hidden, proj) >= 2**31:
+        return f"batch {batch} x hidden {hidden} state buffers exceed int32 offsets"
+    if target.interpreter:
+        return None  # one program ("persistent") or any grid ("step")
+    elem = _elem(dtype)
+    smem = cfg.smem_bytes(hidden, proj, elem)
+    if smem > target.smem_per_block:
+        return (
+            f"the {design} design's resident weight slice, h tile and gate scratch "
+            f"({smem:,} bytes of shared memory per program at {cfg.block_hs} hidden units x "
+            f"{cfg.block_b} rows) exceed the {target.smem_per_block:,} bytes a program may use "
+            f"(hidden {hidden}, proj_size {proj})"
+        )
+    if dot_precision(dtype) == "ieee" and (cfg.block_hs > 8 or pow2(proj or hidden) > 256):
+        # Exact fp32 tl.dot runs on the FMA units, whose operands live in registers: a slice
+        # wider than 8 units or 256 inputs spills, while TF32/half dots keep it in shared
+        # memory.
+        return (
+            f"exact fp32 dots (TF32 disabled) cannot keep a {cfg.block_hs}-unit x "
+            f"{proj or hidden}-input W_hh slice resident without spilling"
+        )
+    if design == "persistent":
+        n_h, n_b = cfg.grid(batch, hidden)
+        if n_h * n_b > target.sms:
+            return (
+                f"the persistent design needs {n_h} x {n_b} co-resident programs for batch "
+                f"{batch}, hidden {hidden}; this GPU has {target.sms} SMs (one program per SM)"
+            )
     return None
 
 
-# The kernel designs behind the "triton" backend (docs/kernels.md, "Choosing a design"):
-# batch-tiled (kernels/lstm.py), weight-stationary persistent and one-launch-per-step
-# (kernels/persistent.py).
-DESIGNS = ("batch", "persistent", "step")
-DESIGN_ENV = "FASTLSTM_TRITON_DESIGN"
-
-# Latency model constants (H200 class GPU; docs/kernels.md derives them). Per-SM L2->SM
-# bandwidth bounds the batch-tiled design, which streams all of W_hh through each program
-# on every step; the other terms are fixed costs per step.
-_L2_BYTES_PER_US_PER_SM = 65e3  # ~65 GB/s per SM sustained for a dependent stream
+# Latency model (docs/kernels.md, "Choosing a design"). Estimates for an H200-class GPU, not
+# measurements: the GPU check's table replaces the model wherever it has measured a shape.
+_L2_BYTES_PER_US_PER_SM = 65e3  # a dependent stream of W_hh from L2 into one SM
 _BATCH_FIXED_US = 1.5  # CTA barriers, loop overheads, h/c state round trips per step
-# Grid barrier (~1-1.5 us), the L2 latency of reading h (~0.6 us), the cell (~0.5 us):
-# kernels/persistent.py's model.
-_PERSISTENT_FIXED_US = 2.5
+# A grid barrier (~1.5 us: release reduction, acquire polls, ~10 bar.sync per step), the L2
+# latency of reading h, one dependent chain of 32 MMAs per warp and the cell: 3.5-4.5 us
+# per forward step at H = 256.
+_PERSISTENT_FIXED_US = 3.3
 _PERSISTENT_H_BYTES_PER_US = 100e3  # each program reads all of h_{t-1} from L2 per step
-# tl.dot throughput per SM (mma.sync, about half the wgmma peak; FMA units for "ieee").
 _FLOPS_PER_US_PER_SM = {"ieee": 0.43e6, "tf32": 1.9e6, "half": 3.8e6}
-_STEP_LAUNCH_US = 6.0  # host-side Triton launch per step and barrier (5-20 us), no graph
-_BLOCK_B = 16  # rows per program of the batch-tiled design at the benchmark batches
-_H200_SMS = 132
-
-
-def forced_design() -> str | None:
-    """The design ``FASTLSTM_TRITON_DESIGN`` forces (``batch``, ``persistent``, ``step``),
-    or None when it is unset or empty (then :func:`choose_design`'s rule decides).
-
-    Read at every call, so a benchmark can flip it between calls.
-
-    Raises:
-        ValueError: any other value.
-    """
-    value = os.environ.get(DESIGN_ENV, "").strip()
-    if not value:
-        return None
-    if value not in DESIGNS:
-        raise ValueError(
-            f"{DESIGN_ENV}={value!r} is not a kernel design: use one of "
-            f"{', '.join(DESIGNS)}, or leave it unset for the selection rule"
-        )
-    return value
+_STEP_LAUNCH_US = 15.0  # a Triton launch with ~30 arguments from Python: 10-25 us
+_BLOCK_B = 16
 
 
 def design_step_us(
@@ -245,23 +348,19 @@ def design_step_us(
     hidden: int,
     proj: int,
     precision: str | None = None,
+    sms: int = H200.sms,
 ) -> float:
-    """Modelled forward time per step in microseconds on an H200 (docs/kernels.md).
+    """Modelled forward time per step in microseconds (an estimate; docs/kernels.md).
 
     - ``batch``: ``ceil(B/16)`` programs, each streaming ``4H*P`` (+ ``P*H``) weight
-      elements from L2 every step at one SM's bandwidth, or computing its ``2*16*P*4H``
-      FLOPs, whichever is slower, plus fixed per-step costs; waves when there are more
-      programs than SMs.
-    - ``persistent``: the weight slice stays on chip; per step each program reads all of
-      ``h_{t-1}`` (``16*P`` elements), computes its share of the FLOPs (the grid fills the
-      SMs) and meets the others at a grid barrier (two with a projection).
-    - ``step``: the persistent step's work plus a kernel launch per barrier, and the weight
-      slice reloaded from L2 every step (small: ``4*BLOCK_HS*P`` elements).
-
-    ``precision`` is the fp32 dot precision (``dot_precision(dtype)`` when None): exact
-    fp32 dots run on the FMA units, at a fraction of the tensor cores' rate.
+      elements from L2 every step at one SM's bandwidth, or computing its share of the
+      FLOPs, whichever is slower, plus fixed per-step costs; waves past one program per SM.
+    - ``persistent``: the slice stays on chip; per step each program reads all of
+      ``h_{t-1}``, computes its share and meets the others at a grid barrier (two with a
+      projection).
+    - ``step``: the persistent step's work plus a kernel launch per barrier.
     """
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = _elem(dtype)
     precision = precision or dot_precision(dtype)
     P = proj or hidden
     weights = (4 * hidden * P + (P * hidden if proj else 0)) * elem
@@ -269,79 +368,45 @@ def design_step_us(
     rate = _FLOPS_PER_US_PER_SM[precision if dtype == torch.float32 else "half"]
     barriers = 2 if proj else 1
     h_read = _BLOCK_B * P * elem / _PERSISTENT_H_BYTES_PER_US
-    tiles = (batch + _BLOCK_B - 1) // _BLOCK_B
+    tiles = cdiv(batch, _BLOCK_B)
     if design == "batch":
-        waves = (tiles + _H200_SMS - 1) // _H200_SMS
+        waves = cdiv(tiles, sms)
         stream = max(weights / _L2_BYTES_PER_US_PER_SM, flops / tiles / rate)
         return waves * (_BATCH_FIXED_US * barriers + stream)
-    # The weight-stationary designs spread the hidden units over (nearly) every SM.
-    programs = min(_H200_SMS, tiles * ((hidden + 3) // 4))
+    programs = min(sms, tiles * cdiv(hidden, 4))
     compute = flops / programs / rate
     if design == "persistent":
         return barriers * _PERSISTENT_FIXED_US + h_read + compute
     if design == "step":
-        # The launch replaces the barrier; the slice is reloaded instead of resident.
         return barriers * (_STEP_LAUNCH_US + 1.0) + h_read + compute
     raise ValueError(f"unknown design {design!r} (expected one of {', '.join(DESIGNS)})")
 
 
-def design_unsupported_reason(
-    design: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch: int,
-    hidden: int,
-    proj: int,
-) -> str | None:
-    """None when ``design`` can serve this call, else why not."""
-    if design == "batch":
-        return unsupported_reason(device, dtype, hidden, proj)
-    # Imported here: kernels/persistent.py imports this module.
-    from .persistent import persistent_unsupported_reason
+def launch(
+    kernel,
+    grid: tuple[int, ...],
+    *,
+    num_warps: int,
+    num_stages: int = 1,
+    cooperative: bool = False,
+    maxnreg: int | None = None,
+    **kernel_args,
+) -> None:
+    """``kernel[grid](**kernel_args)`` with launch options: the one door every launch uses.
 
-    return persistent_unsupported_reason(design, device, dtype, batch, hidden, proj)
-
-
-def choose_design(
-    device: torch.device,
-    dtype: torch.dtype,
-    batch: int,
-    hidden: int,
-    proj: int,
-    has_lengths: bool,
-) -> tuple[str, str]:
-    """``(design, reason)`` for one call: the forced design, else the rule.
-
-    The rule (docs/kernels.md): under the interpreter ``batch`` (programs run one after
-    another there, so no design is faster, and the batch-tiled kernels are the reference
-    design the tests exercise most); on a GPU, among the designs that can serve the call,
-    the one with the smallest modelled time per step (:func:`design_step_us`), ties going to
-    ``batch``, then ``persistent``. Lengths do not change the choice: every design loops to
-    the longest sequence of its batch tile and skips finished rows alike.
-
-    Raises:
-        ValueError: ``FASTLSTM_TRITON_DESIGN`` holds an unknown value.
-        RuntimeError: the forced design cannot serve this call (the message says why).
+    ``cooperative`` asks the driver to make all programs resident at once
+    (``launch_cooperative_grid``), which a grid barrier needs; ``maxnreg`` caps registers
+    per thread. The interpreter ignores both. ``benchmarks/kernel_resources.py`` replaces
+    this function to compile, rather than run, what the launchers would launch.
     """
-    del has_lengths  # part of the contract; see the docstring
-    device = torch.device(device)
-    forced = forced_design()
-    if forced is not None:
-        reason = design_unsupported_reason(forced, device, dtype, batch, hidden, proj)
-        if reason is not None:
-            raise RuntimeError(
-                f"{DESIGN_ENV}={forced} forces the {forced!r} kernel design, which cannot run "
-                f"this call: {reason}"
-            )
-        return forced, f"forced by {DESIGN_ENV}={forced}"
-    if device.type != "cuda":
-        return "batch", "the interpreter runs programs one at a time: batch-tiled kernels"
-    times = {}
-    for design in DESIGNS:
-        if design_unsupported_reason(design, device, dtype, batch, hidden, proj) is None:
-            times[design] = design_step_us(design, dtype, batch, hidden, proj)
-    if not times:
-        return "batch", "no design can serve this call (the launcher reports why)"
-    best = min(times, key=lambda d: (times[d], DESIGNS.index(d)))
-    modelled = ", ".join(f"{d} {t:.1f}" for d, t in times.items())
-    return best, f"smallest modelled us/step ({modelled})"
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if cooperative:
+        options["launch_cooperative_grid"] = True
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    tensor = next(v for v in kernel_args.values() if isinstance(v, torch.Tensor))
+    if tensor.device.type == "cuda":
+        with torch.cuda.device(tensor.device):
+            kernel[grid](**kernel_args, **options)
+    else:
+        kernel[grid](**kernel_args, **options)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastlstm import functional
+from fastlstm.backends import REGISTRY, Request
+
 # (atol, rtol) per dtype, for comparing two implementations of the same math.
 TOLERANCES = {
     torch.float64: (1e-10, 1e-8),
@@ -40,3 +43,18 @@ def assert_close(actual: Tensor, expected: Tensor, name: str, atol=None, rtol=No
             f"{name}: max abs error {err.max().item():.3e} (atol={atol:g}, rtol={rtol:g}); "
             f"worst at {where}: got {a[where].item():.6g}, expected {e[where].item():.6g}"
         )
+
+
+def triton_direction(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction on the Triton kernels (``fastlstm.functional.lstm_direction``)."""
+    return functional.lstm_direction(*args, backend="triton", **kwargs)
+
+
+def reference_direction(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
+    """The oracle: one direction on the reference backend."""
+    return functional.lstm_direction(*args, backend="reference", **kwargs)
+
+
+def backend_why_not(name: str, device="cpu", dtype=torch.float32, hidden: int = 16) -> str | None:
+    """Why backend ``name`` cannot serve a small call on ``device`` (None when it can)."""
+    return REGISTRY[name].why_not(Request(torch.device(device), dtype, hidden))

@@ -18,13 +18,12 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastlstm
-from fastlstm.backends import unavailable_reason
 
-from helpers import assert_close
+from helpers import assert_close, backend_why_not
 
 
 def _backend_param(name: str):
-    why_not = unavailable_reason(name, "cpu", torch.float32, 16)
+    why_not = backend_why_not(name, "cpu", torch.float32, 16)
     return pytest.param(
         name, id=name, marks=pytest.mark.skipif(why_not is not None, reason=str(why_not))
     )

@@ -67,5 +67,7 @@ def test_custom_op_passes_opcheck():
         torch.tensor([3, 2]),
         True,
         "reference",
+        "",
+        False,
     )
     torch.library.opcheck(lstm_direction_op, args)

@@ -16,16 +16,16 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastlstm
-from fastlstm.backends import REGISTRY, select_backend, unavailable_reason
+from fastlstm.backends import REGISTRY, select_backend
 
-from helpers import assert_close
+from helpers import assert_close, backend_why_not
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 GPU = [pytest.mark.gpu, CUDA]
 
 
 def _backend_param(name: str, device: str = "cpu", dtype=torch.float32):
-    why_not = unavailable_reason(name, device, dtype, 16) if device == "cpu" else None
+    why_not = backend_why_not(name, device, dtype, 16) if device == "cpu" else None
     marks = (
         GPU if device == "cuda" else [pytest.mark.skipif(why_not is not None, reason=str(why_not))]
     )
@@ -104,11 +104,10 @@ def test_select_backend_is_the_one_answer():
     assert select_backend("auto", cpu, torch.float32, 16, 4, transformed=True).name == ("reference")
     for name, entry in REGISTRY.items():
         assert entry.name == name
-        request_why_not = unavailable_reason(name, cpu, torch.int64, 16)
+        request_why_not = backend_why_not(name, cpu, torch.int64, 16)
         assert request_why_not is not None and "int64" in request_why_not
         with pytest.raises(RuntimeError, match=f"backend '{name}' cannot serve"):
             select_backend(name, cpu, torch.int64, 16)
-    from fastlstm.backends import triton_interpreting  # noqa: F401  (kept for the bench)
 
 
 class _ConversionCounter:
@@ -278,7 +277,7 @@ def test_tf32_switch_follows_nn_lstm(tf32):
 def test_backend_is_chosen_for_the_autocast_dtype():
     """The interpreter cannot run bfloat16: under bfloat16 autocast, naming triton on CPU
     tensors is refused instead of running kernels that would compute wrongly."""
-    if unavailable_reason("triton", "cpu", torch.float32, 16) is not None:
+    if backend_why_not("triton", "cpu", torch.float32, 16) is not None:
         pytest.skip("needs the Triton interpreter")
     m = fastlstm.LSTM(5, 16, backend="triton")
     x = torch.randn(4, 2, 5)

@@ -30,5 +30,5 @@ def test_wheel_layout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names}
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"fastlstm"}
-    for module in ("__init__.py", "lstm.py", "launch.py"):
+    for module in ("__init__.py", "batch.py", "persistent.py", "dispatch.py", "measured.json"):
         assert f"fastlstm/kernels/{module}" in names

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastlstm.backends import reference
+from fastlstm import functional
 from fastlstm.sequences import reverse_index
 
 GRADCHECK_CASES = [
@@ -37,7 +37,8 @@ def direction_problem(T, B, I, H, proj, lengths, reverse):
 
     def fn(x, w_ih, w_hh, b_ih, b_hh, *rest):
         w_hr, h0, c0 = rest if proj else (None, *rest)
-        return reference.run_direction(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse)
+        args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse)
+        return functional.lstm_direction(*args, backend="reference")
 
     return fn, [t.requires_grad_() for t in tensors]
 

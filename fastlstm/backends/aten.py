@@ -77,7 +77,7 @@ def run_direction(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one LSTM layer with the fused aten op (the backend seam).
 
-    Same contract as :func:`fastlstm.backends.reference.run_direction`. The segmenting needs
+    Same contract as :func:`fastlstm.direction.run_direction`. The segmenting needs
     the lengths on the host: ``lengths_host`` (the values of ``lengths`` as a list, which
     ``fastlstm.functional`` reads once per call) spares a device-to-host copy per direction.
     """

@@ -1,13 +1,15 @@
-"""One LSTM direction as a ``torch.library`` custom op, for ``torch.compile``.
+"""One LSTM direction as a ``torch.library`` custom op, for traced graphs.
 
 ``torch.compile`` refuses to trace ``nn.LSTM`` and would unroll a Python time loop step by
 step. Registering the direction as an opaque custom op (with a fake implementation for
 shape propagation and a registered autograd formula) lets ``torch.compile(model,
-fullgraph=True)`` trace a model holding :class:`fastlstm.LSTM` with no graph break. The op's
-forward and backward are the shared glue of :mod:`fastlstm.direction` over the named
-backend's recurrence pair, the very functions eager mode runs, so compiled and eager runs
-of a backend agree by construction. Only backends with a recurrence pair can run here (the
-fused aten op exposes no saved state); ``select_backend`` knows that.
+fullgraph=True)``, ``torch.export`` and ``torch.jit.trace`` record a model holding
+:class:`fastlstm.LSTM` as one node per direction. The op's forward and backward are the
+shared glue of :mod:`fastlstm.direction` over the named backend's recurrence pair, the very
+functions eager mode runs, so traced and eager runs of a backend agree by construction. Only
+backends with a recurrence pair can run here (the fused aten op exposes no saved state);
+``select_backend`` knows that. ``designs`` (comma-separated, or empty) and ``pinned`` carry
+the Triton kernel designs the call may use (``fastlstm.backends.recurrence``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import torch
 from torch import Tensor
 
 from fastlstm import direction
+from fastlstm.backends import recurrence
 
 __all__ = ["lstm_direction_backward_op", "lstm_direction_op", "run_direction"]
 
 
-def _recurrence(backend: str) -> direction.Recurrence:
-    from fastlstm.backends import get_backend
-
-    return get_backend(backend).RECURRENCE
+def _recurrence(backend: str, designs: str, pinned: bool) -> direction.Recurrence:
+    return recurrence(backend, tuple(designs.split(",")) if designs else None, pinned)
 
 
 @torch.library.custom_op("fastlstm::lstm_direction", mutates_args=())
@@ -39,17 +40,20 @@ def lstm_direction_op(
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
+    designs: str,
+    pinned: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``out, h_n, c_n`` and the saved ``gates, cs`` that backward needs."""
+    rec = _recurrence(backend, designs, pinned)
     out, h_n, c_n, gates, cs = direction.direction_forward(
-        _recurrence(backend), x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
+        rec, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
     )
     # A custom op may not return views of its inputs or of each other.
     return out, h_n.clone(), c_n.clone(), gates, cs
 
 
 @lstm_direction_op.register_fake
-def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
+def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, designs, pinned):
     T, B, _ = x.shape
     G, P = w_hh.shape
     acc = direction.acc_dtype(x.dtype)
@@ -81,11 +85,14 @@ def lstm_direction_backward_op(
     cs: Tensor,
     reverse: bool,
     backend: str,
+    designs: str,
+    pinned: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0``; absent ``db``/``dw_hr`` are empty."""
+    rec = _recurrence(backend, designs, pinned)
     dx, dw_ih, dw_hh, db, _, dw_hr, dh0, dc0 = direction.direction_backward(
-        _recurrence(backend), d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0,
-        lengths, out, gates, cs, reverse,
+        rec, d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs,
+        reverse,
     )  # fmt: skip
     empty = w_ih.new_empty(0)
     return (
@@ -101,7 +108,7 @@ def lstm_direction_backward_op(
 
 @lstm_direction_backward_op.register_fake
 def _(d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs,
-      reverse, backend):  # fmt: skip
+      reverse, backend, designs, pinned):  # fmt: skip
     return (
         torch.empty_like(x),
         torch.empty_like(w_ih),
@@ -114,10 +121,10 @@ def _(d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, 
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, designs, pinned = inputs
     out, _, _, gates, cs = output
     ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs)
-    ctx.reverse, ctx.backend = reverse, backend
+    ctx.reverse, ctx.recurrence = reverse, (backend, designs, pinned)
 
 
 def _backward(ctx, d_out, d_hn, d_cn, _d_gates, _d_cs):
@@ -128,12 +135,12 @@ def _backward(ctx, d_out, d_hn, d_cn, _d_gates, _d_cs):
     d_cn = torch.zeros_like(c0) if d_cn is None else d_cn
     dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = lstm_direction_backward_op(
         d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs,
-        ctx.reverse, ctx.backend,
+        ctx.reverse, *ctx.recurrence,
     )  # fmt: skip
     db_ih = None if b_ih is None else db
     db_hh = None if b_hh is None else db
     dw_hr = None if w_hr is None else dw_hr
-    return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, None, None, None
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, None, None, None, None, None
 
 
 lstm_direction_op.register_autograd(_backward, setup_context=_setup_context)
@@ -151,9 +158,12 @@ def run_direction(
     lengths: Tensor | None,
     reverse: bool,
     backend: str = "reference",
+    designs: tuple[str, ...] | None = None,
+    pinned: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The backend seam through the custom op, for a backend with a recurrence pair."""
+    """One direction through the custom op, for a backend with a recurrence pair."""
     args = direction.autocast_inputs((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), x.device.type)
+    spec = ",".join(designs or ())
     with torch.autocast(x.device.type, enabled=False):
-        out, h_n, c_n, _, _ = lstm_direction_op(*args, lengths, reverse, backend)
+        out, h_n, c_n, _, _ = lstm_direction_op(*args, lengths, reverse, backend, spec, pinned)
     return out, h_n, c_n

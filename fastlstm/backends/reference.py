@@ -37,13 +37,7 @@ from fastlstm import direction
 from fastlstm.direction import acc_dtype
 from fastlstm.sequences import reverse_within_lengths
 
-__all__ = [
-    "RECURRENCE",
-    "acc_dtype",
-    "recurrence_backward",
-    "recurrence_forward",
-    "run_direction",
-]
+__all__ = ["RECURRENCE", "acc_dtype", "recurrence_backward", "recurrence_forward"]
 
 
 def _step_masks(lengths: Tensor | None, T: int) -> Tensor | None:
@@ -197,35 +191,3 @@ def recurrence_backward(
 RECURRENCE = direction.Recurrence(
     "reference", recurrence_forward, recurrence_backward, differentiable=True
 )
-
-
-def run_direction(
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    lengths_host: list[int] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One direction of one LSTM layer in plain PyTorch (the backend seam; see DESIGN.md).
-
-    Args:
-        x: ``[T, B, I]`` padded input.
-        w_ih, w_hh: ``[4H, I]`` and ``[4H, P]`` weights; b_ih, b_hh: ``[4H]`` or None.
-        w_hr: ``[P, H]`` projection weight, or None.
-        h0, c0: ``[B, P]`` and ``[B, H]`` initial state.
-        lengths: ``[B]`` int64 valid lengths, or None when every sequence has length ``T``.
-        reverse: run each sequence backwards from its own last valid step.
-        lengths_host: the same lengths as a host list (unused here; part of the seam).
-
-    Returns:
-        ``out [T, B, P]`` (zero past each length), ``h_n [B, P]``, ``c_n [B, H]``.
-    """
-    return direction.run_direction(
-        RECURRENCE, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
-    )

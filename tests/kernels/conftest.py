@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from fastlstm.kernels import launch, lstm
+from fastlstm.kernels import common, dispatch, launch
 
 
 @pytest.fixture(
@@ -43,13 +43,14 @@ def device(request) -> torch.device:
 
 @pytest.fixture(autouse=True)
 def poison_buffers(monkeypatch):
-    """NaN-fill every buffer the launchers allocate, so an element a kernel never writes
-    (an output, or a scratch value read before it is initialised) fails the comparison."""
+    """NaN-fill every buffer the launchers allocate (``kernels.common.empty``), so an element
+    a kernel never writes (an output, or a scratch value read before it is initialised)
+    fails the comparison."""
 
     def nan_empty(*shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(lstm, "_empty", nan_empty)
+    monkeypatch.setattr(common, "empty", nan_empty)
 
 
 @pytest.fixture(params=["default", "tiny"])
@@ -57,10 +58,8 @@ def tiles(request, monkeypatch):
     """Run with the real launch settings, and with 16-wide tiles everywhere so that small
     shapes walk several hidden tiles, K-chunks and batch tiles."""
     if request.param == "tiny":
-        tiny = launch.RecurrenceConfig(
-            block_b=16, block_h=16, block_k=16, num_warps=4, num_stages=1
-        )
-        monkeypatch.setattr(lstm, "recurrence_config", lambda *args, **kwargs: tiny)
+        tiny = launch.BatchConfig(block_b=16, block_h=16, block_k=16, num_warps=4)
+        monkeypatch.setattr(dispatch, "batch_config", lambda *args, **kwargs: tiny)
     return request.param
 
 

@@ -14,16 +14,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fastlstm.backends import reference
 from fastlstm.kernels import (
-    can_serve,
+    DESIGN_ENV,
+    batch,
+    dot_precision,
     launch,
-    lstm,
-    lstm_direction,
-    lstm_recurrence_backward,
-    lstm_recurrence_forward,
+    persistent,
+    recurrence_backward,
+    recurrence_forward,
 )
-from fastlstm.kernels.launch import DESIGN_ENV, dot_precision
 
-from helpers import assert_close
+from helpers import assert_close, reference_direction
+from helpers import triton_direction as lstm_direction
 
 # (T, B, I, H, P, lengths, reverse); P = 0 means no projection. B = 17 spans two batch
 # tiles; H = 20 and P = 9 are not multiples of 16; lengths "random" leave positions past
@@ -94,7 +95,7 @@ def test_direction_matches_reference(T, B, I, H, P, lens, reverse, tiles, device
     inputs = make_inputs(T, B, I, H, P, device)
     lengths = make_lengths(lens, T, B, device)
     actual = lstm_direction(**inputs, lengths=lengths, reverse=reverse)
-    expected = reference.run_direction(*inputs.values(), lengths, reverse)
+    expected = reference_direction(*inputs.values(), lengths, reverse)
     compare_direction(actual, expected, inputs)
 
 
@@ -107,7 +108,7 @@ def test_primitives_match_reference(T, B, I, H, P, lens, reverse, device):
     w_hr = torch.randn(P, H, device=device) * H**-0.5 if P else None
     h0, c0 = torch.randn(B, R, device=device), torch.randn(B, H, device=device)
     lengths = make_lengths(lens, T, B, device)
-    fwd = lstm_recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+    fwd = recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
     ref = reference.recurrence_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
     valid = torch.ones(T, B, 1, dtype=torch.bool, device=device)
     if lengths is not None:
@@ -121,7 +122,7 @@ def test_primitives_match_reference(T, B, I, H, P, lens, reverse, device):
 
     d_out, d_hn, d_cn = torch.randn_like(fwd[0]), torch.randn_like(h0), torch.randn_like(c0)
     gates, cs = fwd[3], fwd[4]
-    bwd = lstm_recurrence_backward(d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse)
+    bwd = recurrence_backward(d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse)
     ref_bwd = reference.recurrence_backward(
         d_out, d_hn, d_cn, w_hh, w_hr, c0, ref[3], ref[4], lengths, reverse
     )
@@ -210,7 +211,7 @@ def test_half_dtypes_within_tolerance(dtype, tol, proj, device):
     fp32 = {
         n: None if t is None else t.detach().float().requires_grad_() for n, t in inputs.items()
     }
-    expected = reference.run_direction(*fp32.values(), lengths, True)
+    expected = reference_direction(*fp32.values(), lengths, True)
     for name, a, e in zip(("out", "h_n", "c_n"), actual, expected, strict=True):
         assert_close(a.float(), e, name, atol=tol, rtol=tol)
     cot = [torch.randn_like(e) for e in expected]
@@ -228,7 +229,7 @@ def test_autocast_runs_in_half_and_grads_reach_fp32_params(device):
     with torch.autocast(device.type, dtype=dtype):
         out, _, _ = lstm_direction(**inputs)
     assert out.dtype == dtype
-    expected = reference.run_direction(*inputs.values(), None, False)
+    expected = reference_direction(*inputs.values(), None, False)
     assert_close(out.float(), expected[0], "out", atol=1e-2, rtol=1e-2)
     out.float().square().sum().backward()
     assert inputs["w_hh"].grad is not None and inputs["w_hh"].grad.dtype == torch.float32
@@ -247,11 +248,9 @@ def test_only_needed_gradients(device):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_new_sequence_length_does_not_recompile():
-    from fastlstm.kernels import lstm as lstm_mod
-
-    kernel = lstm_mod._lstm_fwd_kernel
+    kernel = batch._batch_fwd_kernel
     inputs = make_inputs(5, 3, 4, 32, 0, torch.device("cuda"))
-    lstm_direction(**inputs)
+    lstm_direction(**inputs, design="batch")
     try:
         cache = kernel.device_caches[torch.cuda.current_device()][0]
     except (AttributeError, KeyError, IndexError, TypeError):
@@ -261,7 +260,7 @@ def test_new_sequence_length_does_not_recompile():
     before = len(cache)
     inputs = {n: t.detach() if t is not None else None for n, t in inputs.items()}
     x = torch.randn(11, 3, 4, device="cuda")
-    lstm_direction(x, *list(inputs.values())[1:])
+    lstm_direction(x, *list(inputs.values())[1:], design="batch")
     assert len(cache) == before
 
 
@@ -280,15 +279,8 @@ def test_large_shapes_on_gpu(T, B, H, P):
     inputs = make_inputs(T, B, 32, H, P, device)
     lengths = make_lengths("random", T, B, device)
     actual = lstm_direction(**inputs, lengths=lengths, reverse=True)
-    expected = reference.run_direction(*inputs.values(), lengths, True)
+    expected = reference_direction(*inputs.values(), lengths, True)
     compare_direction(actual, expected, inputs, atol=1e-4, rtol=1e-3)
-
-
-def test_can_serve_names_the_reason(device):
-    x = torch.zeros(2, 2, 3, device=device)
-    assert can_serve(x, torch.zeros(64, 16, device=device)) is None
-    assert "float64" in can_serve(x.double(), torch.zeros(64, 16, device=device))
-    assert "4096 > 2048" in can_serve(x, torch.zeros(4 * 4096, 16, device=device))
 
 
 @pytest.mark.parametrize("tf32_on", [False, True], ids=["tf32-off", "tf32-on"])
@@ -322,8 +314,6 @@ def _kernel_name(kernel) -> str:
 def launched(monkeypatch) -> list[str]:
     """Names of the kernels launched during the test (every launch goes through
     ``kernels.launch.launch``, imported into each kernel module)."""
-    from fastlstm.kernels import persistent
-
     names: list[str] = []
     real = launch.launch
 
@@ -331,7 +321,7 @@ def launched(monkeypatch) -> list[str]:
         names.append(_kernel_name(kernel))
         real(kernel, grid, **kwargs)
 
-    for module in (lstm, persistent):
+    for module in (batch, persistent):
         monkeypatch.setattr(module, "launch", spy)
     return names
 
@@ -339,7 +329,7 @@ def launched(monkeypatch) -> list[str]:
 @pytest.mark.parametrize(
     ("design", "kernel"),
     [
-        pytest.param("batch", "_lstm_fwd_kernel", id="batch"),
+        pytest.param("batch", "_batch_fwd_kernel", id="batch"),
         pytest.param("persistent", "_persistent_fwd_kernel", id="persistent"),
         pytest.param("step", "_step_fwd_kernel", id="step"),
     ],
@@ -358,11 +348,11 @@ def test_forced_design_runs_and_matches_reference(
     inputs = make_inputs(T, B, I, H, P, device)
     lengths = make_lengths(lens, T, B, device)
     actual = lstm_direction(**inputs, lengths=lengths, reverse=reverse)
-    expected = reference.run_direction(*inputs.values(), lengths, reverse)
+    expected = reference_direction(*inputs.values(), lengths, reverse)
     compare_direction(actual, expected, inputs)
     assert kernel in launched
     backward = kernel.replace("fwd", "bwd")
     assert backward in launched, launched  # backward ran the forward's design
-    others = {"batch": "_lstm_", "persistent": "_persistent_", "step": "_step_"}
+    others = {"batch": "_batch_", "persistent": "_persistent_", "step": "_step_"}
     del others[design]
     assert not [n for n in launched if n.startswith(tuple(others.values()))], launched
