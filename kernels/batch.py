@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import positions, sigmoid, tanh, tile_lengths
+from .common import optional_inputs, positions, sigmoid, tanh, tile_lengths
 from .launch import BatchConfig, dot_precision, launch
 
 __all__ = ["backward", "forward"]
@@ -48,12 +48,7 @@ def _zero_rows(dst, o_row, m_b, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N:
         tl.store(dst + o_row[:, None] * N + o_n[None, :], zero, mask=m)
 
 
-@triton.heuristics(
-    {
-        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
-        "HAS_PROJ": lambda args: args["w_hr"] is not None,
-    }
-)
+@optional_inputs
 @triton.jit(do_not_specialize=["T", "B"])
 def _batch_fwd_kernel(
     xp,  # [T, B, 4H] input projection with biases (x dtype)
@@ -210,12 +205,7 @@ def _batch_fwd_kernel(
         tl.debug_barrier()
 
 
-@triton.heuristics(
-    {
-        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
-        "HAS_PROJ": lambda args: args["w_hr"] is not None,
-    }
-)
+@optional_inputs
 @triton.jit(do_not_specialize=["T", "B"])
 def _batch_bwd_kernel(
     d_out,  # [T, B, P] gradient w.r.t. out

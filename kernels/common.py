@@ -7,7 +7,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["empty", "positions", "sigmoid", "tanh", "tile_lengths"]
+__all__ = ["empty", "optional_inputs", "positions", "sigmoid", "tanh", "tile_lengths"]
+
+# Optional inputs are passed as None pointers; these constexprs switch their code in or out,
+# so one kernel serves every case without stand-in tensors.
+optional_inputs = triton.heuristics(
+    {
+        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
+        "HAS_PROJ": lambda args: args["w_hr"] is not None,
+    }
+)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import positions, sigmoid, tanh, tile_lengths
+from .common import optional_inputs, positions, sigmoid, tanh, tile_lengths
 from .launch import PersistentConfig, dot_precision, launch, pow2
 
 __all__ = [
@@ -320,12 +320,7 @@ def _fwd_pad(
         )
 
 
-@triton.heuristics(
-    {
-        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
-        "HAS_PROJ": lambda args: args["w_hr"] is not None,
-    }
-)
+@optional_inputs
 @triton.jit(do_not_specialize=["T", "B", "spin_limit"])
 def _persistent_fwd_kernel(
     xp,  # [T, B, 4H] input projection with biases (x dtype)
@@ -408,12 +403,7 @@ def _persistent_fwd_kernel(
         _poison(c_n, o_b, o_u, m_bu, H)
 
 
-@triton.heuristics(
-    {
-        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
-        "HAS_PROJ": lambda args: args["w_hr"] is not None,
-    }
-)
+@optional_inputs
 @triton.jit(do_not_specialize=["s", "T", "B"])
 def _step_fwd_kernel(
     xp,  # [T, B, 4H]
@@ -668,12 +658,7 @@ def _bwd_pad(
         )
 
 
-@triton.heuristics(
-    {
-        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
-        "HAS_PROJ": lambda args: args["w_hr"] is not None,
-    }
-)
+@optional_inputs
 @triton.jit(do_not_specialize=["T", "B", "spin_limit"])
 def _persistent_bwd_kernel(
     d_out,  # [T, B, P] gradient w.r.t. out
@@ -763,12 +748,7 @@ def _persistent_bwd_kernel(
         _poison(dh_part, i_h * B + o_b, o_p, m_b[:, None] & (o_p < P)[None, :], P)
 
 
-@triton.heuristics(
-    {
-        "HAS_LENGTHS": lambda args: args["lengths"] is not None,
-        "HAS_PROJ": lambda args: args["w_hr"] is not None,
-    }
-)
+@optional_inputs
 @triton.jit(do_not_specialize=["s", "T", "B"])
 def _step_bwd_kernel(
     d_out,  # [T, B, P]
