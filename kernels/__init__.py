@@ -15,15 +15,30 @@ and launchers), ``measured.py`` (the design table), ``dispatch.py`` (the one dis
 See docs/kernels.md for the maths and the designs.
 """
 
-from .dispatch import (
-    KernelLaunchError,
-    choose_design,
-    forced_design,
-    measured_designs,
-    recurrence_backward,
-    recurrence_forward,
-)
+from typing import Any
+
 from .launch import DESIGN_ENV, DESIGNS, dot_precision, why_not
+
+# The dispatcher imports triton, which is slow to import and may be absent; launch.py does
+# not. Importing the package (or fastlstm.kernels.launch) to ask why_not or read DESIGNS
+# therefore leaves triton alone, and the dispatcher's names load on first use.
+_DISPATCH = (
+    "KernelLaunchError",
+    "choose_design",
+    "forced_design",
+    "measured_designs",
+    "recurrence_backward",
+    "recurrence_forward",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DISPATCH:
+        from . import dispatch
+
+        return getattr(dispatch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DESIGNS",

@@ -20,7 +20,8 @@ import torch
 
 from fastlstm.backends import aten, reference
 from fastlstm.direction import Recurrence
-from fastlstm.runtime import triton_interpreting
+from fastlstm.kernels import launch as kernels_launch
+from fastlstm.kernels.launch import DESIGNS
 
 __all__ = [
     "BACKENDS",
@@ -36,8 +37,6 @@ __all__ = [
 logger = logging.getLogger("fastlstm")
 
 BACKENDS = ("auto", "reference", "aten", "triton")
-# The Triton kernel designs (kernels/launch.py's DESIGNS, named here without importing triton).
-DESIGNS = ("persistent", "step", "batch")
 
 
 @dataclass(frozen=True)
@@ -128,14 +127,9 @@ def _triton_why_not(request: Request) -> str | None:
             "torch.func transforms (vmap, grad, ...) cannot trace the fused kernels; "
             "use backend='reference' (any device) or backend='aten' on the CPU"
         )
-    if request.device.type == "cpu" and not triton_interpreting():
-        # Answered before importing triton, which reads TRITON_INTERPRET only on import.
-        return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
-    try:
-        kernels = _kernels()
-    except ImportError as err:
-        return f"triton is not importable ({err})"
-    return kernels.why_not(
+    # Asked without importing triton (kernels/launch.py does not), which reads
+    # TRITON_INTERPRET only on import and is slow to import.
+    reason = kernels_launch.why_not(
         request.device,
         request.dtype,
         request.hidden_size,
@@ -143,6 +137,13 @@ def _triton_why_not(request: Request) -> str | None:
         batch=request.batch_size,
         design=request.design,
     )
+    if reason is not None:
+        return reason
+    try:
+        _kernels()
+    except ImportError as err:
+        return f"triton is not importable ({err})"
+    return None
 
 
 REGISTRY: dict[str, Backend] = {
