@@ -108,7 +108,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def _elem(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 @dataclass(frozen=True)
