@@ -8,16 +8,14 @@ input batch (built from a seed), so the times compare the implementations and no
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from fastlstm.backends import select_backend
+from fastlstm.backends import DESIGNS, select_backend
 from fastlstm.bench.shapes import Shape, make_lengths
 from fastlstm.sequences import reverse_within_lengths
 
@@ -25,9 +23,7 @@ __all__ = [
     "BASELINE_FIXED",
     "BASELINE_VARIABLE",
     "CONTROL",
-    "DESIGN_ENV",
     "PROVIDERS",
-    "TRITON_DESIGNS",
     "Case",
     "Problem",
     "applies_to",
@@ -44,19 +40,16 @@ BASELINE_FIXED = "nn.LSTM-padded"
 BASELINE_VARIABLE = "nn.LSTM-packed"
 CONTROL = "nn.LSTM-control"
 
-# The Triton kernel designs, chosen per call through this environment variable (read by
-# fastlstm.kernels at every call); a design that cannot serve a call raises RuntimeError.
-DESIGN_ENV = "FASTLSTM_TRITON_DESIGN"
-TRITON_DESIGNS = ("batch", "persistent", "step")
-
 PROVIDERS: dict[str, str] = {
     "fastlstm-auto": "fastlstm.LSTM(backend='auto'), padded input (+ lengths=)",
     "fastlstm-reference": "fastlstm.LSTM(backend='reference'), padded input (+ lengths=)",
     "fastlstm-aten": "fastlstm.LSTM(backend='aten'), padded input (+ lengths=)",
     "fastlstm-triton": "fastlstm.LSTM(backend='triton'), padded input (+ lengths=)",
+    # One kernel design pinned (no fallback): what the design table (kernels/measured.json)
+    # is measured from. A design that cannot serve a call raises instead of running another.
     **{
-        f"fastlstm-triton-{design}": f"fastlstm-triton with {DESIGN_ENV}={design}"
-        for design in TRITON_DESIGNS
+        f"fastlstm-triton-{design}": f"fastlstm.LSTM(backend='triton', design='{design}')"
+        for design in DESIGNS
     },
     "fastlstm-packed": "fastlstm.LSTM(backend='auto') on the PackedSequence",
     BASELINE_FIXED: "torch.nn.LSTM on the padded batch (ignores lengths)",
@@ -93,18 +86,21 @@ def provider_unavailable_reason(
 ) -> str | None:
     """None when ``name`` can run on ``device`` for ``dtype`` (and ``shape``), else why not.
 
-    For a named fastlstm backend, :func:`fastlstm.select_backend` decides, so the benchmark
-    never disagrees with the module about what can run. Whether a pinned Triton design can
-    serve a shape is only known when it runs (it raises ``RuntimeError``; the runner reports
-    that as unavailable too).
+    For a named fastlstm backend, :func:`fastlstm.backends.select_backend` decides (with the
+    shape's batch size and the pinned design, whose own limits depend on both), so the
+    benchmark never disagrees with the module about what can run. Without a shape it asks
+    whether the provider can run on the device at all (one sequence, hidden size 64). A
+    pinned design may still fail at launch; it raises ``RuntimeError`` and the runner
+    reports that as unavailable too.
     """
     if name not in PROVIDERS:
         raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
     backend = _backend_of(name)
     if backend is not None and backend != "auto":
         hidden = shape.H if shape is not None else _PROBE_HIDDEN
+        batch = shape.B if shape is not None else 1
         try:
-            select_backend(backend, device, dtype, hidden)
+            select_backend(backend, device, dtype, hidden, batch_size=batch, design=design_of(name))
         except RuntimeError as err:
             return str(err)
     return None
@@ -175,6 +171,8 @@ class Case:
     ``padded(output)`` turns that output into ``[T, B, D*P]`` for comparisons;
     ``leaves`` are the tensors whose gradients the benchmark asks for (input, then weights);
     ``input_grad()`` returns the input's gradient as ``[T, B, I]`` after a backward.
+    Everything a provider is (backend, pinned design) lives in its module: nothing global
+    is changed around a call.
     """
 
     provider: str
@@ -186,37 +184,22 @@ class Case:
     grad_c: Tensor
     input_grad: Callable[[], Tensor | None]
     module: nn.Module | None = None
-    env: dict[str, str] = field(default_factory=dict)  # set around every call and backward
-
-    @contextlib.contextmanager
-    def _environment(self) -> Iterator[None]:
-        saved = {key: os.environ.get(key) for key in self.env}
-        os.environ.update(self.env)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def forward(self) -> None:
         """One forward pass without building an autograd graph."""
-        with torch.no_grad(), self._environment():
+        with torch.no_grad():
             self.call()
 
     def forward_backward(self) -> tuple[Tensor | PackedSequence, Tensor, Tensor]:
         """One forward and backward pass with fixed random cotangents; returns the forward's
         ``(output, h_n, c_n)``, with the gradients left on :attr:`leaves`."""
-        with self._environment():
-            for leaf in self.leaves:
-                leaf.grad = None
-            out, h_n, c_n = self.call()
-            out_t = out.data if isinstance(out, PackedSequence) else out
-            g_out = self.grad_out
-            g_out = g_out.data if isinstance(g_out, PackedSequence) else g_out
-            torch.autograd.backward([out_t, h_n, c_n], [g_out, self.grad_h, self.grad_c])
+        for leaf in self.leaves:
+            leaf.grad = None
+        out, h_n, c_n = self.call()
+        out_t = out.data if isinstance(out, PackedSequence) else out
+        g_out = self.grad_out
+        g_out = g_out.data if isinstance(g_out, PackedSequence) else g_out
+        torch.autograd.backward([out_t, h_n, c_n], [g_out, self.grad_h, self.grad_c])
         return out, h_n, c_n
 
     @property
@@ -295,11 +278,15 @@ def build_case(name: str, problem: Problem) -> Case:
     elif name.startswith("fastlstm-"):
         from fastlstm import LSTM
 
-        backend = _backend_of(name)
         module = _clone_module(
             problem,
             LSTM(
-                shape.I, shape.H, shape.layers, bidirectional=shape.bidirectional, backend=backend
+                shape.I,
+                shape.H,
+                shape.layers,
+                bidirectional=shape.bidirectional,
+                backend=_backend_of(name),
+                design=design_of(name),
             ),
         )
         lens = None if lengths is None else lengths.to(device)
@@ -314,7 +301,6 @@ def build_case(name: str, problem: Problem) -> Case:
     else:
         raise ValueError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDERS)}")
     leaves = [x, *(module.parameters() if module is not None else weights)]
-    design = design_of(name)
     return Case(
         name,
         call,
@@ -325,7 +311,6 @@ def build_case(name: str, problem: Problem) -> Case:
         problem.grad_c,
         lambda: x.grad,
         module,
-        env={DESIGN_ENV: design} if design else {},
     )
 
 

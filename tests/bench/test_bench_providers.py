@@ -9,12 +9,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from fastlstm.bench import runner
+from fastlstm import backends
+from fastlstm.bench import providers, runner
 from fastlstm.bench.providers import (
     CONTROL,
-    DESIGN_ENV,
     PROVIDERS,
-    TRITON_DESIGNS,
     build_case,
     default_providers,
     make_problem,
@@ -108,7 +107,7 @@ def test_triton_only_by_default_on_cuda(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cpu = torch.device("cpu")
     triton = {p for p in PROVIDERS if p.startswith("fastlstm-triton")}
-    assert triton == {"fastlstm-triton", *(f"fastlstm-triton-{d}" for d in TRITON_DESIGNS)}
+    assert triton == {"fastlstm-triton", *(f"fastlstm-triton-{d}" for d in backends.DESIGNS)}
     for name in triton:
         assert "TRITON_INTERPRET=1 is not set" in provider_unavailable_reason(name, cpu)
     assert set(default_providers(cpu)) == set(PROVIDERS) - triton
@@ -180,24 +179,48 @@ def test_control_is_an_independent_copy_of_the_baseline(text):
     not torch.cuda.is_available() and not triton_interpreting(),
     reason="needs CUDA or TRITON_INTERPRET=1",
 )
-def test_design_provider_pins_the_design_around_forward_and_backward(monkeypatch):
-    monkeypatch.delenv(DESIGN_ENV, raising=False)
+def test_design_provider_runs_only_its_design_forward_and_backward(monkeypatch):
+    from fastlstm.kernels import batch, persistent
+
+    environ = dict(os.environ)
+    ran = []
+    for module, name in [(persistent, "step_forward"), (persistent, "step_backward"),
+                         (persistent, "persistent_forward"), (persistent, "persistent_backward"),
+                         (batch, "forward"), (batch, "backward")]:  # fmt: skip
+        label, real = f"{module.__name__.rsplit('.', 1)[-1]}.{name}", getattr(module, name)
+
+        def spy(*args, _real=real, _label=label, **kwargs):
+            ran.append(_label)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problem = make_problem(parse_shape("T4-B2-I3-H4"), device, torch.float32)
     case = build_case("fastlstm-triton-step", problem)
-    seen = []
-    call = case.call
-
-    def spy():
-        seen.append(("call", os.environ.get(DESIGN_ENV)))
-        out = call()
-        out[0].register_hook(lambda g: seen.append(("backward", os.environ.get(DESIGN_ENV))))
-        return out
-
-    case.call = spy
+    assert case.module.backend == "triton" and case.module.design == "step"
     case.forward_backward()
-    assert seen == [("call", "step"), ("backward", "step")]
-    assert DESIGN_ENV not in os.environ
+    assert ran == ["persistent.step_forward", "persistent.step_backward"]
+    assert dict(os.environ) == environ  # a parameter of the module: nothing global flipped
+
+
+def test_availability_asks_the_backend_seam_with_batch_and_design(monkeypatch):
+    asked = []
+
+    def select_backend(*args, **kwargs):
+        asked.append((args, kwargs))
+        raise RuntimeError("the persistent design cannot run this call: too wide")
+
+    monkeypatch.setattr(providers, "select_backend", select_backend)
+    shape = parse_shape("T4-B7-I3-H48")
+    reason = provider_unavailable_reason(
+        "fastlstm-triton-persistent", torch.device("cpu"), torch.float16, shape
+    )
+    assert reason == "the persistent design cannot run this call: too wide"
+    (args, kwargs) = asked[0]
+    assert args == ("triton", torch.device("cpu"), torch.float16, 48)
+    assert kwargs == {"batch_size": 7, "design": "persistent"}
+    provider_unavailable_reason("fastlstm-aten", torch.device("cpu"))
+    assert asked[1][1] == {"batch_size": 1, "design": None}
 
 
 def _failing_build(message):
