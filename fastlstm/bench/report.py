@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastlstm.backends import DESIGNS
 from fastlstm.bench.providers import BASELINE_VARIABLE, CONTROL, PROVIDERS
 
 __all__ = [
@@ -56,6 +57,20 @@ _HEADLINES = (
     ("triton vs nn.LSTM (padded)", "fastlstm-triton", "nn.LSTM-padded", "fixed"),
     ("triton+lengths vs nn.LSTM packed", "fastlstm-triton", BASELINE_VARIABLE, "variable"),
     ("auto+lengths vs nn.LSTM packed", "fastlstm-auto", BASELINE_VARIABLE, "variable"),
+    # Each pinned kernel design against cuDNN: what the design table is made of.
+    *(
+        (f"triton {d} vs nn.LSTM (padded)", f"fastlstm-triton-{d}", "nn.LSTM-padded", "fixed")
+        for d in DESIGNS
+    ),
+    *(
+        (
+            f"triton {d}+lengths vs nn.LSTM packed",
+            f"fastlstm-triton-{d}",
+            BASELINE_VARIABLE,
+            "variable",
+        )
+        for d in DESIGNS
+    ),
     ("fastlstm vs nn.LSTM, same PackedSequence", "fastlstm-packed", BASELINE_VARIABLE, "variable"),
     ("reference vs python loop", "fastlstm-reference", "python-loop", "all"),
     # The harness's own error: the baseline against an identical copy of itself.
@@ -89,19 +104,12 @@ def _fmt_us(value: object) -> str:
     return f"{v:.3g}" if v < 1000 else f"{v:.0f}"
 
 
-def _us_per_step(r: dict) -> float | None:
-    """Median time per time step in µs (computed, so older results files get it too)."""
-    if not r or r.get("median_ms") is None:
-        return None
-    return float(r["median_ms"]) * 1e3 / int(r["T"])
+def _case(r: dict) -> tuple[str, str]:
+    """A row's case: its shape and precision."""
+    return r["shape"], r["dtype"]
 
 
-def _case(r: dict) -> tuple[str, str | None]:
-    """A row's case: its shape and precision (None in files from before precisions)."""
-    return r["shape"], r.get("dtype")
-
-
-def _index(rows: Sequence[dict]) -> dict[tuple[str, str | None, str, str], dict]:
+def _index(rows: Sequence[dict]) -> dict[tuple[str, str, str, str], dict]:
     return {(*_case(r), r["provider"], r["mode"]): r for r in rows}
 
 
@@ -130,7 +138,7 @@ _NUMERIC = {4, 5, 6, 7, 8, 9, 10}
 
 
 def _several_dtypes(rows: Sequence[dict]) -> bool:
-    return len({r.get("dtype") for r in rows}) > 1
+    return len({r["dtype"] for r in rows}) > 1
 
 
 def _drop_dtype(cells: Sequence[str]) -> tuple[str, ...]:
@@ -146,25 +154,25 @@ def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
         fwd = by_key.get((shape, dtype, provider, "fwd"), {})
         both = by_key.get((shape, dtype, provider, "fwd+bwd"), {})
         any_row = fwd or both
-        if any_row.get("status") == "not applicable":
+        if any_row["status"] == "not applicable":
             continue
-        note = any_row.get("status") if any_row.get("status") != "ok" else ""
-        detail = any_row.get("detail") or ""
+        note = any_row["status"] if any_row["status"] != "ok" else ""
+        detail = any_row["detail"]
         if detail:
             note = f"{note}: {detail}" if note else detail
-        if provider == any_row.get("baseline"):
+        if provider == any_row["baseline"]:
             note = f"baseline; {note}" if note else "baseline"
         lines.append(
             (
                 shape,
-                str(dtype or "-"),
+                dtype,
                 provider,
-                str(any_row.get("backend") or "-"),
+                any_row["backend"] or "-",
                 _fmt_ms(fwd.get("median_ms")),
-                _fmt_us(_us_per_step(fwd)),
+                _fmt_us(fwd.get("us_per_step")),
                 _fmt_x(fwd.get("speedup")),
                 _fmt_ms(both.get("median_ms")),
-                _fmt_us(_us_per_step(both)),
+                _fmt_us(both.get("us_per_step")),
                 _fmt_x(both.get("speedup")),
                 _fmt_mb(both.get("peak_mem_bytes")),
                 note,
@@ -174,11 +182,7 @@ def _table_cells(rows: Sequence[dict]) -> list[tuple[str, ...]]:
 
 
 def _settle_words(config: dict[str, object]) -> str:
-    """How each timed call was settled, for results that record it."""
-    if config.get("settle") is None:
-        return ""
-    if config.get("settle_s") is None:
-        return f", each after {config['settle']} untimed"
+    """How each timed call was settled."""
     settle_ms = float(config["settle_s"]) * 1e3  # type: ignore[arg-type]
     return f", each after {settle_ms:g} ms (at least {config['settle']} call) of untimed calls"
 
@@ -212,31 +216,22 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def _spread(row: dict) -> float | None:
-    """Interquartile range of a row's timed calls relative to their median."""
-    q1, q3, median = row.get("q1_ms"), row.get("q3_ms"), row.get("median_ms")
-    if q1 is None or q3 is None or not median:
-        return None
-    return (float(q3) - float(q1)) / float(median)
-
-
-def _pair_spread(a: dict, b: dict) -> float | None:
-    spreads = [s for s in (_spread(a), _spread(b)) if s is not None]
-    return max(spreads) if spreads else None
+def _spread(row: dict) -> float:
+    """Interquartile range of a timed row's calls relative to their median."""
+    return (float(row["q3_ms"]) - float(row["q1_ms"])) / float(row["median_ms"])
 
 
 def unsteady(ratio: dict) -> bool:
     """Whether a headline ratio rests on widely spread timings (see UNSTEADY_SPREAD)."""
-    spread = ratio.get("spread")
-    return spread is not None and spread > UNSTEADY_SPREAD
+    return ratio["spread"] > UNSTEADY_SPREAD
 
 
 def headline_ratios(rows: Sequence[dict]) -> list[dict[str, object]]:
     """The drop-in issue's ratios, each from two medians measured in this run.
 
     ``ratio`` = time(versus) / time(provider): above 1 means the provider is faster.
-    ``spread`` is the larger of the two rows' interquartile ranges relative to their medians
-    (None where a row lacks quartiles); above :data:`UNSTEADY_SPREAD` the ratio is unsteady.
+    ``spread`` is the larger of the two rows' interquartile ranges relative to their medians;
+    above :data:`UNSTEADY_SPREAD` the ratio is unsteady.
     """
     by_key = _index(rows)
     cases = list(dict.fromkeys(_case(r) for r in rows))
@@ -260,8 +255,8 @@ def headline_ratios(rows: Sequence[dict]) -> list[dict[str, object]]:
                         "provider": provider,
                         "versus": versus,
                         "ratio": float(b["median_ms"]) / float(a["median_ms"]),
-                        "us_per_step": _us_per_step(a),
-                        "spread": _pair_spread(a, b),
+                        "us_per_step": a["us_per_step"],
+                        "spread": max(_spread(a), _spread(b)),
                     }
                 )
     return out
@@ -271,7 +266,7 @@ def format_headline(ratios: Sequence[dict]) -> str:
     """The headline ratios as an aligned text block (empty string when there are none)."""
     if not ratios:
         return ""
-    several = len({r.get("dtype") for r in ratios}) > 1
+    several = len({r["dtype"] for r in ratios}) > 1
     labels = [f"{r['shape']} {r['dtype']}" if several else r["shape"] for r in ratios]
     width_l = max(len(r["comparison"]) for r in ratios)
     width_s = max(len(label) for label in labels)
@@ -292,11 +287,11 @@ def format_markdown(results: dict) -> str:
     env, config, rows = results["environment"], results["config"], results["rows"]
     lines = [
         f"Measured {env['date_utc']} on {env['hardware']} ({env['device']}, "
-        f"{env.get('cpu_count')} cores, {env['torch_threads']} torch thread(s)), {env['dtype']}, "
-        f"torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
-        f"fastlstm {env.get('fastlstm')} ({env.get('git_commit')}).",
-        f"Command: `{config.get('command')}`; medians of up to {config.get('repeats')} "
-        f"interleaved calls after {config.get('warmup')} warmup" + _settle_words(config) + ".",
+        f"{env['cpu_count']} cores, {env['torch_threads']} torch thread(s)), {env['dtype']}, "
+        f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        f"fastlstm {env['fastlstm']} ({env['git_commit']}).",
+        f"Command: `{config['command']}`; medians of up to {config['repeats']} "
+        f"interleaved calls after {config['warmup']} warmup" + _settle_words(config) + ".",
         "",
     ]
     header, cells, numeric = _table_layout(rows)
@@ -316,7 +311,7 @@ def format_markdown(results: dict) -> str:
         lines += [
             f"| {r['comparison']} | {r['shape']} |"
             + (f" {r['dtype']} |" if several else "")
-            + f" {r['mode']} | {_fmt_x(r['ratio'])[:-1]}× | {_fmt_us(r.get('us_per_step'))} |"
+            + f" {r['mode']} | {_fmt_x(r['ratio'])[:-1]}× | {_fmt_us(r['us_per_step'])} |"
             for r in ratios
         ]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fastlstm.bench.env import environment
 from fastlstm.bench.report import (
     CSV_FIELDS,
     UNSTEADY_SPREAD,
@@ -34,6 +35,9 @@ def _rows():
             provider,
             mode,
             median_ms=ms,
+            q1_ms=0.95 * ms,
+            q3_ms=1.05 * ms,
+            us_per_step=ms * 1e3 / shape.T,
             speedup=speedup,
             backend=backend,
             peak_mem_bytes=3 * 2**20 if mode == "fwd+bwd" else None,
@@ -96,11 +100,12 @@ def test_chart_is_a_png(tmp_path):
 
 
 def test_markdown_names_machine_command_and_figures(tmp_path):
-    env = {"date_utc": "2026-11-28T00:00:00Z", "hardware": "AMD EPYC", "device": "cpu",
-           "cpu_count": 2, "torch_threads": 1, "dtype": "float32", "torch": "2.13.0"}  # fmt: skip
-    config = {"command": "fastlstm bench --shapes quick", "repeats": 10, "warmup": 1}
+    env = {**environment("cpu", "float32"), "hardware": "AMD EPYC", "date_utc": "2026-11-28"}
+    config = {"command": "fastlstm bench --shapes quick", "repeats": 10, "warmup": 1,
+              "settle": 1, "settle_s": 0.005}  # fmt: skip
     text = format_markdown(load_json(write_json(tmp_path / "r.json", env, config, _rows())))
     assert "AMD EPYC" in text and "`fastlstm bench --shapes quick`" in text
+    assert "after 1 warmup, each after 5 ms (at least 1 call) of untimed calls." in text
     # ms, µs per time step (T=5), speedup for each mode, then peak memory
     row = "| fastlstm-auto | aten | 1 | 200 | 2.00x | 2 | 400 | 2.00x | 3.0 |  |"
     assert f"| {FIXED.id} {row}" in text
@@ -122,4 +127,22 @@ def test_widely_spread_timings_mark_a_ratio_unsteady():
     assert "unsteady" not in format_headline([calm])
     assert "unsteady (spread 87%)" in format_headline([wild])
     assert calm["spread"] < UNSTEADY_SPREAD < wild["spread"]
-    assert headline_ratios(_rows())[0]["spread"] is None  # rows without quartiles
+
+
+def test_each_pinned_design_gets_a_headline_ratio_against_cudnn():
+    def timed(shape, provider, ms):
+        return _row(shape, provider, "fwd+bwd", median_ms=ms, q1_ms=ms, q3_ms=ms, us_per_step=1.0)
+
+    rows = [
+        timed(FIXED, "nn.LSTM-padded", 6.0),
+        timed(FIXED, "fastlstm-triton-persistent", 2.0),
+        timed(FIXED, "fastlstm-triton-batch", 12.0),
+        timed(VAR, "nn.LSTM-packed", 8.0),
+        timed(VAR, "fastlstm-triton-step", 4.0),
+    ]
+    found = {(r["comparison"], r["shape"]): r["ratio"] for r in headline_ratios(rows)}
+    assert found == {
+        ("triton persistent vs nn.LSTM (padded)", FIXED.id): 3.0,
+        ("triton batch vs nn.LSTM (padded)", FIXED.id): 0.5,
+        ("triton step+lengths vs nn.LSTM packed", VAR.id): 2.0,
+    }
