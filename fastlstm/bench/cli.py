@@ -28,9 +28,12 @@ over nn.LSTM and writes results.json, results.csv, results.md and speedup.png in
 The default is a quick grid (about a minute on a 2-core CPU, no GPU or data needed).
 Shapes are written T<len>-B<batch>-I<input>-H<hidden>[-L<layers>][-bidir][-var<min len>];
 var<n> draws lengths uniformly from n..T. Run with --list for the named shapes and grids.
-The GPU check's kernel benchmark is a grid of this command:
+The GPU check's kernel benchmark, which the design table is made from, is a grid of this
+command: every pinned Triton design against cuDNN,
 
-  fastlstm bench --shapes gpu --device cuda --dtype float32,tf32,bfloat16,float16
+  fastlstm bench --shapes gpu --device cuda --dtype tf32,bfloat16,float32,float16
+    --providers nn.LSTM-padded,nn.LSTM-control,fastlstm-triton-persistent,
+                fastlstm-triton-step,fastlstm-triton-batch --compile-workers 12
 """
 
 
@@ -86,6 +89,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "included), once 5 calls are timed (default 1; 0 = always do --repeats)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--compile-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first compile the Triton kernels of the grid in N processes (each provider "
+        "fastlstm-triton* once per precision and shape; fills Triton's disk cache, so the "
+        "run's own compiles become loads); default 0: compile on first use, one at a time",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     parser.add_argument(
         "--out",
@@ -173,6 +185,7 @@ def _resolve_providers(text: str | None, device: torch.device) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by the parsed ``args``; returns the exit code."""
     from fastlstm.bench.env import environment
+    from fastlstm.bench.precompile import precompile, precompiled_providers
     from fastlstm.bench.report import (
         UNSTEADY_SPREAD,
         format_headline,
@@ -207,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--modes: got {args.modes!r}; expected a comma list of {', '.join(MODES)}")
     if args.repeats < 1:
         raise CLIError(f"--repeats: expected at least 1, got {args.repeats}")
+    if args.compile_workers < 0:
+        raise CLIError(f"--compile-workers: expected 0 or more, got {args.compile_workers}")
     if args.warmup < 0:
         raise CLIError(f"--warmup: expected 0 or more, got {args.warmup}")
     if args.budget < 0:
@@ -234,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
     _warn_if_busy(device)
     start = time.perf_counter()
     command = _canonical_command(args, spec)
+    if args.compile_workers and precompiled_providers(providers):
+        report = precompile(shapes, providers, device, precisions, args.compile_workers)
+        print(report.describe(), flush=True)
 
     def run_config() -> dict[str, object]:
         return {
@@ -249,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
             "budget_s": config.budget_s,
             "memory": config.memory,
             "memory_method": _memory_method(device),
+            "compile_workers": args.compile_workers,
             "cpu_allocator": steady_cpu_allocator() if device.type == "cpu" else None,
             "seed": config.seed,
             "elapsed_s": round(time.perf_counter() - start, 1),
@@ -335,6 +354,8 @@ def _canonical_command(args: argparse.Namespace, spec: str) -> str:
         parts += ["--threads", str(args.threads)]
     if args.no_memory:
         parts.append("--no-memory")
+    if args.compile_workers:
+        parts += ["--compile-workers", str(args.compile_workers)]
     parts += ["--out", str(args.out)]
     if args.chart is not None:
         parts += ["--chart", str(args.chart)]

@@ -78,6 +78,9 @@ def test_bench_list_names_grids_shapes_providers(capsys):
         pytest.param(["--repeats", "0"], "--repeats: expected at least 1", id="repeats"),
         pytest.param(["--budget", "-1"], "--budget: expected 0 or more", id="budget"),
         pytest.param(["--threads", "0"], "--threads: expected at least 1", id="threads"),
+        pytest.param(
+            ["--compile-workers", "-1"], "--compile-workers: expected 0 or more", id="workers"
+        ),
         pytest.param(["--device", "tpu"], "--device: cannot read 'tpu'", id="device-name"),
         pytest.param(["--device", "meta"], "--device: 'meta' is not supported", id="device-type"),
     ],
