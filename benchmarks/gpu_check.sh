@@ -2,21 +2,26 @@
 # The GPU check, in one call on a bare GPU machine (a plain checkout, nothing pip-installed,
 # no network; python3 with torch, triton and pytest):
 #
-#   bash benchmarks/gpu_check.sh OUT             on a CUDA machine, at most 6 minutes
+#   bash benchmarks/gpu_check.sh OUT             on a CUDA machine, at most 8 minutes
 #   bash benchmarks/gpu_check.sh --dry-run OUT   the same steps without a GPU (CI runs it)
 #
 # In order, so that a run cut short keeps the most important part:
-#   1. the GPU tests: kernel tests compiled for the GPU and fastlstm.LSTM(backend="triton")
-#      parity with nn.LSTM on CUDA (pytest -m gpu); dry run: a small selection under
-#      Triton's CPU interpreter;
-#   2. the kernel benchmark against cuDNN nn.LSTM: `fastlstm bench --shapes gpu` over float32
-#      (TF32 off), tf32, bfloat16 and float16, every pinned Triton design side by side;
-#      dry run: the tiny `gpu-dry` grid on the CPU under the interpreter;
-#   3. one epoch of the IMDB classifier (exercise and default presets), backend aten
+#   1. the GPU tests: every test marked gpu under tests/ (kernels compiled for the GPU,
+#      fastlstm.LSTM(backend="triton") parity with nn.LSTM on CUDA, and whatever GPU-only
+#      test is added later); dry run: a small selection under Triton's CPU interpreter,
+#      then the same command, whose tests all skip without CUDA;
+#   2. the kernel benchmark: every pinned Triton design against cuDNN nn.LSTM,
+#      `fastlstm bench --shapes gpu` over tf32, bfloat16, float32 (TF32 off) and float16,
+#      forward and forward+backward; dry run: the tiny `gpu-dry` grid under the interpreter;
+#   3. the design table: benchmarks/design_table.py turns the benchmark into the table
+#      backend="auto" reads (kernels/measured.json's format; a developer merges it);
+#   4. one epoch of the IMDB classifier (exercise and default presets), backend aten
 #      (cuDNN) against triton, when an archive was carried along (data/*.tar.gz or
 #      $FASTLSTM_IMDB_PATH); dry run: a tiny synthetic corpus when none is given.
-# Writes 8 files into OUT: environment.txt, tests.log, bench/results.{md,json,csv},
-# bench/speedup.png, train.json and summary.md (what ran, how long, exit codes).
+# Writes 8 files into OUT (at most 8 come back from the GPU machine): environment.txt,
+# tests.log, bench/results.{md,json}, bench/speedup.png, design_table.json, train.json and
+# summary.md (what ran, how long, exit codes, the design table as Markdown). The
+# benchmark's results.csv is deleted: it is the JSON's rows, one line each.
 # Every step runs under `timeout -s INT` (pytest and the benchmark then still write what
 # they have). Exit status: non-zero when any step failed or was cut short.
 set -uo pipefail
@@ -36,28 +41,51 @@ out="$(cd "$1" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# Seconds: the whole check, and the most each step may take of what is left.
-total_s=350
+# Seconds: the whole check, and the most each step may take of what is left. The caller's
+# timeout must leave room beyond total_s for the last step's kill (timeout -k 20) and the
+# summary: 480 s here, a 540 s timeout for the command.
+total_s=480
 tests_s=150
-bench_s=150
+bench_s=270
+table_s=30
 deadline=$((SECONDS + total_s))
 status=0
 last_rc=0
 summary_rows=()
 
-providers="nn.LSTM-padded,nn.LSTM-packed,nn.LSTM-control,fastlstm-triton"
-providers+=",fastlstm-triton-batch,fastlstm-triton-persistent,fastlstm-triton-step"
+# The providers the design table needs: cuDNN, every pinned design, and the control (an
+# identical cuDNN copy: reads 1.00x unless the harness is biased).
+providers="nn.LSTM-padded,nn.LSTM-control"
+providers+=",fastlstm-triton-persistent,fastlstm-triton-step,fastlstm-triton-batch"
+# tf32 first: fp32's default on a GPU, and the precision a cut-short run should keep.
+dtypes=tf32,bfloat16,float32,float16
 if [ "$dry" -eq 1 ]; then
     export TRITON_INTERPRET=1
     device=cpu
     shapes=gpu-dry
-    timing=(--repeats 1 --warmup 0 --budget 0 --threads 1)
+    timing=(--repeats 1 --warmup 0 --budget 0 --threads 1 --compile-workers 2 --no-memory)
 else
     # The kernels must be compiled for the GPU, not run by the interpreter.
     unset TRITON_INTERPRET
     device=cuda
     shapes=gpu
-    timing=(--repeats 20 --warmup 2 --budget 0.5)
+    # The benchmark's cost, estimated (no GPU has run it yet; the first run's summary.md
+    # gives the real seconds). The grid: 16 shapes (T=256, B 1..1024, H 64..512) x 4
+    # precisions = 64 cases, 5 providers, 2 modes. A step of a T=256 LSTM takes about
+    # 10-50 us, so one forward call takes t = 2.6-13 ms and one forward+backward about 3t,
+    # 8-40 ms (the batch design at B=1024, H=512 perhaps 100 ms). Each timed call follows
+    # 5 ms (at least one call) of settle calls, so a round costs about max(5 ms, t) + t per
+    # provider; --budget 0.1 stops a (case, mode) once 0.1 s x 5 providers are spent and 5
+    # rounds ran, --repeats 15 at most. Forward: 0.5-0.65 s; forward+backward: 0.55-2 s;
+    # plus the check, warmup and memory pass (3 forward+backward and 1 forward call per
+    # provider): 0.1-0.8 s. So 1.2 s (calls fast) to 3.5 s (every call slow) per case:
+    # 75-220 s for the grid.
+    # Compiling: every (design, precision, hidden size, batch tile) is its own binary, some
+    # 200-300 kernels at very roughly 1 s each, minutes on one core; --compile-workers 12
+    # compiles them on 12 of the 16 cores first (fastlstm/bench/precompile.py), about
+    # 30-60 s with the workers' start. The step's cap, 270 s, keeps what finished: the
+    # table is saved after every case, tf32 first.
+    timing=(--repeats 15 --warmup 1 --budget 0.1 --compile-workers 12)
 fi
 
 # budget CAP: seconds a step may run (CAP, or less when the deadline is nearer).
@@ -130,21 +158,30 @@ else
             python3 -m pytest -p no:cacheprovider -q -rA tests/kernels/test_lstm.py \
             tests/test_module.py -k "(interp and bidirectional) or (triton and bidir)"
     fi
-    step "tests (pytest -m gpu)" "$tests_s" "$out/tests.log" \
-        python3 -m pytest -p no:cacheprovider -q -rA -m gpu tests/kernels tests/test_module.py
+    # Every test marked gpu under tests/; a module that fails to import fails the step
+    # without keeping the other modules' GPU tests from running.
+    step "tests (pytest -m gpu tests)" "$tests_s" "$out/tests.log" \
+        python3 -m pytest -p no:cacheprovider -q -rA -m gpu --continue-on-collection-errors \
+        tests
 
-    # 2. The kernel benchmark against cuDNN nn.LSTM: a grid of `fastlstm bench`.
+    # 2. The kernel benchmark: every pinned design against cuDNN nn.LSTM, `fastlstm bench`.
     step "benchmark (fastlstm bench --shapes $shapes)" "$bench_s" "$out/bench/bench.log" \
-        python3 -m fastlstm bench --shapes "$shapes" --device "$device" \
-        --dtype float32,tf32,bfloat16,float16 --providers "$providers" "${timing[@]}" \
-        --out "$out/bench"
+        python3 -m fastlstm bench --shapes "$shapes" --device "$device" --dtype "$dtypes" \
+        --providers "$providers" "${timing[@]}" --out "$out/bench"
     # The table and JSON keep the figures; the log's end goes into the summary on failure.
     if [ "$last_rc" -ne 0 ]; then
         tail -n 15 "$out/bench/bench.log" >"$work/bench.log"
     fi
-    rm -f "$out/bench/bench.log"
+    # Eight files come back: the CSV (the JSON's rows, one line each) makes room for the
+    # design table.
+    rm -f "$out/bench/bench.log" "$out/bench/results.csv"
 
-    # 3. The IMDB classifier, one epoch per preset and backend.
+    # 3. The design table, from whatever the benchmark saved (it saves after every case).
+    step "design table (benchmarks/design_table.py)" "$table_s" "$work/table.md" \
+        python3 benchmarks/design_table.py "$out/bench/results.json" \
+        --out "$out/design_table.json"
+
+    # 4. The IMDB classifier, one epoch per preset and backend, in the time that is left.
     data="${FASTLSTM_IMDB_PATH:-}"
     if [ -z "$data" ]; then
         for candidate in data/aclImdb_v1_labeled.tar.gz data/*.tar.gz data/aclImdb; do
@@ -229,6 +266,10 @@ for r in found["runs"]:
     print(f"| {r['preset']} | {r['backend']} | {cell('epoch_seconds')} | "
           f"{cell('eval_seconds')} | {cell('val_accuracy', '{:.2%}')} |")
 EOF
+    fi
+    if [ -s "$work/table.md" ]; then
+        echo
+        cat "$work/table.md"
     fi
     if [ -s "$work/bench.log" ]; then
         echo

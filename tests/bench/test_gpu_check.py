@@ -28,11 +28,12 @@ OUT_FILES = {
     "tests.log",
     "summary.md",
     "train.json",
+    "design_table.json",
     "bench/results.md",
     "bench/results.json",
-    "bench/results.csv",
     "bench/speedup.png",
 }
+DESIGNS = ("persistent", "step", "batch")
 
 
 def _tracked_copy(dest: Path) -> Path:
@@ -101,16 +102,30 @@ def test_dry_run_passes_from_a_plain_checkout(tmp_path):
     markdown = (out / "bench/results.md").read_text()
     for shape in GRIDS["gpu-dry"]:
         for dtype in ("float32", "tf32", "float16"):
-            assert f"| {shape.id} | {dtype} | fastlstm-triton | triton |" in markdown
+            for design in DESIGNS:
+                assert f"| {shape.id} | {dtype} | fastlstm-triton-{design} | triton |" in markdown
             assert f"| {shape.id} | {dtype} | nn.LSTM-control | - |" in markdown
-        row = f"| {shape.id} | bfloat16 | fastlstm-triton | - |"
+        row = f"| {shape.id} | bfloat16 | fastlstm-triton-step | - |"
         assert row in markdown and "unavailable" in markdown.split(row)[1].splitlines()[0]
-    assert "| triton vs nn.LSTM (padded) |" in markdown
-    assert "| triton+lengths vs nn.LSTM packed |" in markdown
+    for design in DESIGNS:
+        assert f"| triton {design} vs nn.LSTM (padded) |" in markdown
     results = json.loads((out / "bench/results.json").read_text())
     assert results["config"]["shapes"] == [s.id for s in GRIDS["gpu-dry"]]
-    assert results["config"]["dtypes"] == ["float32", "tf32", "bfloat16", "float16"]
+    assert results["config"]["dtypes"] == ["tf32", "bfloat16", "float32", "float16"]
+    assert results["config"]["compile_workers"] == 2
     assert not [r for r in results["rows"] if r["status"] in ("error", "check failed")]
+
+    # The design table: every precision and shape, no ratio where nothing ran (bfloat16),
+    # and named so that it applies to no GPU.
+    table = json.loads((out / "design_table.json").read_text())
+    assert table["device"].startswith("not a GPU: cpu (")
+    assert table["commit"] == results["environment"]["git_commit"]
+    entries = {(e["precision"], e["B"], e["H"]): sorted(e["ratios"]) for e in table["entries"]}
+    assert entries == {
+        (precision, shape.B, shape.H): [] if precision == "bf16" else sorted(DESIGNS)
+        for precision in ("tf32", "bf16", "ieee", "fp16")
+        for shape in GRIDS["gpu-dry"]
+    }
 
     runs = json.loads((out / "train.json").read_text())["runs"]
     assert [(r["preset"], r["backend"]) for r in runs] == [
@@ -121,5 +136,7 @@ def test_dry_run_passes_from_a_plain_checkout(tmp_path):
     ]
     assert all(r["epoch_seconds"] > 0 for r in runs)
     summary = (out / "summary.md").read_text()
-    assert "| tests (pytest -m gpu) | ok | 0 |" in summary
+    assert "| tests (pytest -m gpu tests) | ok | 0 |" in summary
+    assert "| design table (benchmarks/design_table.py) | ok | 0 |" in summary
+    assert "| precision | B | H | persistent | step | batch |" in summary
     assert "| train --preset default --backend triton | ok | 0 |" in summary
