@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from fastlstm.bench.env import environment, machine_slug
@@ -24,3 +25,15 @@ def test_machine_slug_is_file_name_safe():
     slug = machine_slug({"device": "cpu", "hardware": "AMD EPYC 7B13 (64-Core)", "cpu_count": 2})
     assert slug == "cpu-amd-epyc-7b13-64-core-2c"
     assert machine_slug({"device": "cuda", "hardware": "NVIDIA H200"}) == "cuda-nvidia-h200"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_gpu_name_is_the_one_the_design_table_is_looked_up_by():
+    from fastlstm.kernels.launch import target_of
+
+    env = environment("cuda", "tf32")
+    assert env["gpu_name"] == torch.cuda.get_device_properties(0).name
+    assert env["gpu_name"] == target_of(torch.device("cuda")).name  # measured_designs' key
+    for key in ("torch", "triton", "date_utc", "git_commit"):
+        assert env[key]
