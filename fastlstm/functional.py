@@ -9,7 +9,9 @@ graph, the custom op of ``fastlstm.backends.compiled``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -19,6 +21,14 @@ from torch import Tensor
 
 from fastlstm import direction
 from fastlstm.backends import REGISTRY, BackendChoice, compiled, recurrence, select_backend
+
+try:
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+except ImportError:  # older torch: sizes in a traced graph are concrete or backed there
+
+    def statically_known_true(x) -> bool:
+        return bool(x)
+
 
 __all__ = ["check_lengths", "lstm", "lstm_direction", "lstm_with_backend"]
 
@@ -69,7 +79,11 @@ def check_lengths(
 
 
 def _check_hidden(
-    hx: tuple[Tensor, Tensor], expected_h: tuple[int, ...], expected_c: tuple[int, ...], x: Tensor
+    hx: tuple[Tensor, Tensor],
+    expected_h: tuple[int, ...],
+    expected_c: tuple[int, ...],
+    x: Tensor,
+    traced: bool = False,
 ) -> None:
     if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
         got = "a single tensor" if isinstance(hx, Tensor) else type(hx).__name__
@@ -77,8 +91,18 @@ def _check_hidden(
     for k, (t, shape) in enumerate(zip(hx, (expected_h, expected_c), strict=True)):
         if not isinstance(t, Tensor):
             raise ValueError(f"hx[{k}]: expected a tensor, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise RuntimeError(f"Expected hidden[{k}] size {shape}, got {list(t.shape)}")
+        if traced and torch.jit.is_tracing():
+            pass  # torch.jit.trace traces sizes as tensors: a check would only bake them in
+        elif traced:
+            # Sizes may be symbolic, the batch size of a PackedSequence even unknown until the
+            # graph runs: check each dimension where its value is known, at run time otherwise.
+            if t.dim() != len(shape):
+                raise RuntimeError(_hidden_msg(k, t, shape))
+            msg = _HIDDEN_TRACED[k]  # a constant: formatting symbolic sizes would specialise
+            for got, want in zip(t.shape, shape, strict=True):
+                torch._check(got == want, lambda msg=msg: msg)
+        elif tuple(t.shape) != shape:
+            raise RuntimeError(_hidden_msg(k, t, shape))
         if t.device != x.device:
             raise RuntimeError(
                 f"hx[{k}] is on {t.device} but the input is on {x.device}; "
@@ -86,6 +110,16 @@ def _check_hidden(
             )
         if t.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"hx[{k}] dtype ({t.dtype}) does not match input dtype ({x.dtype})")
+
+
+_HIDDEN_TRACED = (
+    "Expected hidden[0] size (num_layers * num_directions, batch, proj_size or hidden_size)",
+    "Expected hidden[1] size (num_layers * num_directions, batch, hidden_size)",
+)
+
+
+def _hidden_msg(k: int, t: Tensor, shape: tuple[int, ...]) -> str:
+    return f"Expected hidden[{k}] size {tuple(shape)}, got {list(t.shape)}"
 
 
 def lstm_with_backend(
@@ -137,17 +171,29 @@ def lstm_with_backend(
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({w.dtype}). "
                 f"Convert input: input.to({w.dtype}), or convert model: model.to({x.dtype})"
             )
+    traced = _traced()
     if hx is None:
         zeros = x.new_zeros
         hx = (zeros(num_layers * D, B, P), zeros(num_layers * D, B, H))
     else:
-        _check_hidden(hx, (num_layers * D, B, P), (num_layers * D, B, H), x)
-    traced = _traced()
+        _check_hidden(hx, (num_layers * D, B, P), (num_layers * D, B, H), x, traced)
+    if _exporting_onnx():
+        # The graph runs in an ONNX runtime, not on a backend: ONNX's own LSTM operator.
+        from fastlstm.onnx import export_lstm
+
+        if lengths is not None:
+            _check_lengths_shape(lengths, B)
+        out, h_n, c_n = export_lstm(
+            x, tuple(hx), weights, per=per, num_layers=num_layers, num_directions=D,
+            dropout=dropout, training=training, lengths=lengths,
+        )  # fmt: skip
+        if batch_first:
+            out = out.transpose(0, 1)
+        return out, (h_n, c_n), BackendChoice("onnx", "exporting to ONNX: ONNX's LSTM operator")
     lengths_host = None
     if lengths is not None:
         if traced:
-            # Value checks would read the tensor back and break the graph.
-            lengths = lengths.to(device=x.device, dtype=torch.int64)
+            lengths = _check_lengths_traced(lengths, B, T, x.device)
         else:
             lengths, lengths_host = check_lengths(lengths, B, T, x.device)
             if B == 0 or min(lengths_host) == T:
@@ -158,7 +204,7 @@ def lstm_with_backend(
                 # matter, and pad the output back to T at the end.
                 x = x[: max(lengths_host)]
 
-    if B == 0:
+    if _known_zero(B):
         # Nothing to compute: the reference gives empty results, and zero gradients, of the
         # right shapes on any device without asking a kernel to launch on an empty grid.
         choice = BackendChoice("reference", "empty batch")
@@ -189,6 +235,73 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def _exporting_onnx() -> bool:
+    """Inside ``torch.onnx.export`` (either exporter)."""
+    # torch.onnx is imported lazily, by the exporters among others: until it is, nothing
+    # exports, and importing it here would cost every first call.
+    onnx = sys.modules.get("torch.onnx")
+    if onnx is None:
+        return False
+    if torch.compiler.is_dynamo_compiling():
+        # Dynamo folds is_in_onnx_export() to False, also when the dynamo exporter falls back
+        # to capturing with it (strict torch.export): read the flag that exporter sets.
+        flags = sys.modules.get("torch.onnx._internal.exporter._flags")
+        return bool(getattr(flags, "_is_onnx_exporting", False))
+    return onnx.is_in_onnx_export()
+
+
+def _known_zero(size) -> bool:
+    """``size == 0`` where that is known: a size known only when a compiled graph runs (a
+    PackedSequence's batch) is taken as non-zero (PyTorch cannot pack an empty batch)."""
+    if isinstance(size, torch.SymInt):
+        return statically_known_true(size == 0)
+    return size == 0  # an int, or under torch.jit.trace a size traced as a tensor
+
+
+def _check_lengths_shape(lengths: Tensor, batch_size) -> None:
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1:
+        shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+        raise ValueError(
+            f"lengths: expected a 1-D tensor of sequence lengths (one per batch element), "
+            f"got {shape}"
+        )
+    if not torch.jit.is_tracing():  # where sizes are traced as tensors (the legacy exporter)
+        # Compiled, the sizes may be symbolic: the check is recorded, its message a constant.
+        torch._check(
+            lengths.shape[0] == batch_size,
+            lambda: "lengths: expected one sequence length per batch element",
+        )
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths: expected an integer tensor, got dtype {lengths.dtype}")
+
+
+def _check_lengths_traced(lengths: Tensor, batch_size, seq_len, device: torch.device) -> Tensor:
+    """:func:`check_lengths` inside a traced graph: the values are checked when it runs.
+
+    Lengths on the CPU (the usual place, as ``pack_padded_sequence`` wants them) are checked by
+    ``torch._assert_async``, which raises the message below when the graph runs, with no host
+    read at trace time. Lengths on an accelerator would make it a device-side assert, which
+    leaves the device unusable, so there the values are read back (one sync, as in eager mode)
+    and checked with ``torch._check``, which also tells the compiler their range.
+    ``torch.jit.trace`` would record neither check (it keeps no asserts): none is made.
+    """
+    if torch.jit.is_tracing():
+        return lengths.to(device=device, dtype=torch.int64)
+    _check_lengths_shape(lengths, batch_size)
+    # A symbolic length would be specialised by formatting it into the message.
+    T = seq_len if isinstance(seq_len, int) else "T"
+    message = f"lengths: every length must be between 1 and the sequence length {T}"
+    if not _known_zero(batch_size):
+        if lengths.device.type == "cpu":
+            ok = (lengths.min() >= 1) & (lengths.max() <= seq_len)
+            torch._assert_async(ok, message)
+        else:
+            lo, hi = int(lengths.min().item()), int(lengths.max().item())
+            torch._check(lo >= 1, lambda: message)
+            torch._check(hi <= seq_len, lambda: message)
+    return lengths.to(device=device, dtype=torch.int64)
+
+
 def _kernels_gave_up(err: RuntimeError) -> bool:
     from fastlstm.kernels import KernelLaunchError  # imported already: triton just ran
 
@@ -201,17 +314,24 @@ def _choose(backend, design, x, weights, hidden, proj, batch, traced) -> Backend
     transformed = not traced and any(is_wrapped(t) for t in (x, *weights))
     # Under autocast the recurrence runs in the autocast dtype: ask about that one.
     run_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-    return select_backend(
+    # A PackedSequence's batch size in a traced graph is known only when the graph runs (it
+    # is data): choose as for a batch of 1, and let the kernels pick their design at run time
+    # from the real batch (they check each design against it and fall back).
+    unknown_batch = isinstance(batch, torch.SymInt) and not batch.node.has_hint()
+    choice = select_backend(
         backend,
         x.device,
         run_dtype,
         hidden,
         proj,
-        batch_size=batch,
+        batch_size=1 if unknown_batch else batch,
         design=design,
         compiling=traced,
         transformed=transformed,
     )
+    if unknown_batch and choice.designs is not None and not choice.pinned:
+        choice = dataclasses.replace(choice, designs=None)
+    return choice
 
 
 def _direction_runner(choice: BackendChoice, traced: bool):

@@ -1,10 +1,13 @@
 """``fastlstm.LSTM``: a drop-in ``torch.nn.LSTM`` that dispatches to a fast backend."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: TorchScript reads the annotations of the
+# scripted methods below and cannot resolve them as strings.
+
+from typing import overload
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch import _VF, Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fastlstm.backends import BACKENDS, DESIGNS
 from fastlstm.functional import lstm_with_backend
@@ -19,8 +22,16 @@ def packed_to_padded(packed: PackedSequence) -> tuple[Tensor, Tensor, Tensor, Te
     packed row, which :func:`padded_to_packed` reuses to pack the output the same way.
     """
     data, batch_sizes = packed.data, packed.batch_sizes  # [N, *], [T] (on the CPU)
-    T, B = batch_sizes.numel(), int(batch_sizes[0])
-    t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes)  # [N]
+    T = batch_sizes.numel()
+    if packed.sorted_indices is not None and torch.compiler.is_compiling():
+        # In a traced graph batch_sizes[0] is data, known only when the graph runs; the
+        # permutation's length is a size the compiler knows.
+        B = packed.sorted_indices.shape[0]
+    else:
+        B = int(batch_sizes[0])
+        torch._check(B >= 1)  # no empty PackedSequence exists; traced, the size needs saying
+    # [N]; output_size spares the traced graph a size known only from the data.
+    t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes, output_size=data.shape[0])
     starts = torch.cumsum(batch_sizes, 0) - batch_sizes  # [T]
     rank = torch.arange(data.shape[0]) - starts[t_idx]  # position within the sorted batch
     sorted_lengths = (batch_sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # [B]
@@ -68,14 +79,21 @@ class LSTM(nn.RNNBase):
             measured or modelled choice, with no fallback: for measuring one design.
 
     Forward:
-        ``forward(input, hx=None, *, lengths=None)``. ``input`` is ``[T, B, I]``,
+        ``forward(input, hx=None, lengths=None)``. ``input`` is ``[T, B, I]``,
         ``[B, T, I]`` with ``batch_first``, unbatched ``[T, I]``, or a ``PackedSequence``.
-        ``lengths`` (a 1-D integer tensor) is an alternative to packing for padded input:
-        outputs past each length are zero and ``(h_n, c_n)`` are taken at each sequence's
-        last valid step. Returns ``output, (h_n, c_n)`` exactly as ``nn.LSTM`` does.
+        ``lengths`` (a 1-D integer tensor, best passed by keyword) is an alternative to
+        packing for padded input: outputs past each length are zero and ``(h_n, c_n)`` are
+        taken at each sequence's last valid step. Returns ``output, (h_n, c_n)`` exactly as
+        ``nn.LSTM`` does.
+
+    Deployment (docs/index.md, "Deploying"): under ``torch.jit.script`` the module runs
+    ``nn.LSTM``'s code over its own parameters; under ``torch.onnx.export`` it becomes ONNX
+    ``LSTM`` nodes (:mod:`fastlstm.onnx`); ``torch.ao.quantization.quantize_dynamic`` with
+    ``{fastlstm.LSTM}`` swaps in :class:`fastlstm.quantized.DynamicQuantizedLSTM`.
 
     Attributes:
-        last_backend: the backend that ran the most recent forward call (None before one).
+        last_backend: the backend that ran the most recent forward call (None before one;
+            ``"onnx"`` after a call traced by ``torch.onnx.export``).
     """
 
     def __init__(
@@ -126,13 +144,54 @@ class LSTM(nn.RNNBase):
             s += f", design={self.design!r}"
         return s
 
-    def forward(  # type: ignore[override]
+    # TorchScript compiles one forward per input type, as for nn.LSTM.
+    @overload  # type: ignore[override]
+    @torch._jit_internal._overload_method
+    def forward(
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(
+        self,
+        input: PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+        lengths: Tensor | None = None,
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
+
+    def forward(self, input, hx=None, lengths=None):
+        # ``lengths`` is an ordinary parameter, not keyword-only: TorchScript rejects
+        # keyword-only parameters with defaults, and the legacy ONNX exporter passes every
+        # default positionally. Under torch.jit.script only the first branch is compiled (the
+        # other is parsed, never type-checked): the fused aten op nn.LSTM runs, over the same
+        # parameters, so a scripted model saves and loads without fastlstm.
+        if torch.jit.is_scripting():
+            if isinstance(input, PackedSequence):
+                if lengths is not None:
+                    raise ValueError(
+                        "lengths: a PackedSequence already carries its lengths; pass either a "
+                        "PackedSequence or a padded tensor with lengths=, not both"
+                    )
+                return self._script_packed(input, hx)
+            elif lengths is None:
+                return self._script_padded(input, hx)
+            else:
+                return self._script_lengths(input, hx, lengths)
+        else:
+            return self._forward(input, hx, lengths)
+
+    @torch.jit.unused
+    def _forward(
         self,
         input: Tensor | PackedSequence,
-        hx: tuple[Tensor, Tensor] | None = None,
-        *,
-        lengths: Tensor | None = None,
+        hx: tuple[Tensor, Tensor] | None,
+        lengths: Tensor | None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        """The eager (and torch.compile, export, jit.trace) forward: a backend runs it."""
         # As nn.LSTM does: picks up parameters swapped in by torch.func.functional_call,
         # parametrizations and the like, which _flat_weights would otherwise miss.
         self._update_flat_weights()
@@ -194,8 +253,117 @@ class LSTM(nn.RNNBase):
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return out, (h_n, c_n)
 
+    # TorchScript's forward: nn.LSTM's own code path over this module's parameters, so that a
+    # scripted model gives nn.LSTM's results and its saved file needs no fastlstm to load.
+
+    def _script_check(
+        self, input: Tensor, hx: tuple[Tensor, Tensor], batch: int, batch_sizes: Tensor | None
+    ) -> None:
+        self.check_input(input, batch_sizes)
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h_size = (self.num_layers * D, batch, P)
+        c_size = (self.num_layers * D, batch, self.hidden_size)
+        self.check_hidden_size(hx[0], h_size, "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hx[1], c_size, "Expected hidden[1] size {}, got {}")
+
+    def _script_zeros(self, like: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h = torch.zeros(self.num_layers * D, batch, P, dtype=like.dtype, device=like.device)
+        c = torch.zeros(
+            self.num_layers * D, batch, self.hidden_size, dtype=like.dtype, device=like.device
+        )
+        return h, c
+
+    def _script_padded(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        if not batched:
+            input = input.unsqueeze(0 if self.batch_first else 1)
+        batch = input.size(0) if self.batch_first else input.size(1)
+        if hx is None:
+            state = self._script_zeros(input, batch)
+        else:
+            want = 3 if batched else 2
+            if hx[0].dim() != want or hx[1].dim() != want:
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                )
+            state = hx if batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        self._script_check(input, state, batch, None)
+        result = _VF.lstm(
+            input,
+            state,
+            self._flat_weights,
+            self.bias,
+            self.num_layers,
+            self.dropout,
+            self.training,
+            self.bidirectional,
+            self.batch_first,
+        )
+        out, h_n, c_n = result[0], result[1], result[2]
+        if not batched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return out, (h_n, c_n)
+
+    def _script_packed(
+        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        batch = int(batch_sizes[0])
+        if hx is None:
+            state = self._script_zeros(data, batch)
+        else:
+            # hx is in the caller's batch order; the packed batch is sorted by length.
+            state = hx
+            if sorted_indices is not None:
+                state = (
+                    hx[0].index_select(1, sorted_indices),
+                    hx[1].index_select(1, sorted_indices),
+                )
+            self._script_check(data, state, batch, batch_sizes)
+        result = _VF.lstm(
+            data,
+            batch_sizes,
+            state,
+            self._flat_weights,
+            self.bias,
+            self.num_layers,
+            self.dropout,
+            self.training,
+            self.bidirectional,
+        )
+        h_n, c_n = result[1], result[2]
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        return PackedSequence(result[0], batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+
+    def _script_lengths(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None, lengths: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        # Packing gives the eager semantics: zeros past each length, h_n at the last valid step.
+        if input.dim() != 3:
+            raise ValueError("lengths: not supported for unbatched 2-D input")
+        T = input.size(1) if self.batch_first else input.size(0)
+        packed = pack_padded_sequence(input, lengths.cpu(), self.batch_first, False)
+        out, state = self._script_packed(packed, hx)
+        padded, _ = pad_packed_sequence(out, self.batch_first, 0.0, T)
+        return padded, state
+
 
 # Whole-model checkpoints (``torch.save(model)``) load under ``torch.load(weights_only=True)``,
 # PyTorch's default, without the user adding fastlstm to the allowlist: the class is all the
 # pickle names beyond what torch allows already (parameters, tensors, plain containers).
 torch.serialization.add_safe_globals([LSTM])
+
+# quantize_dynamic(model, {fastlstm.LSTM}) finds its quantized counterpart in torch's default
+# mapping, which fastlstm.quantized extends on import (it needs the class defined above).
+from fastlstm import quantized as _quantized  # noqa: E402, F401
