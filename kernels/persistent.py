@@ -394,6 +394,9 @@ def _persistent_fwd_kernel(
     tl.store(h_n + o_h, b_h.to(h_n.dtype.element_ty), mask=m_hw)
     for s in range(n_steps, T):
         _fwd_pad(gates, cs, out, o_b, m_b, s, i_h, B, H, P, HAS_PROJ, BLOCK_B, BLOCK_HS, BLOCK_PS)
+    # A program whose own waits all passed may have been let through by the arrivals of
+    # programs that had given up: the flag they set before arriving is visible here.
+    ok = ok * (tl.atomic_add(p_error, 0, sem="acquire", scope="gpu") == 0).to(tl.int32)
     if ok == 0:
         # A barrier timed out: the results are garbage, so they become NaN rather than
         # plausible; the host reads the flag later, without a sync (kernels/dispatch.py).
@@ -734,6 +737,9 @@ def _persistent_bwd_kernel(
     tl.store(d_c0 + o_b[:, None] * H + o_u[None, :], b_dc, mask=m_bu)
     for s in range(n_steps, T):
         _bwd_pad(d_xp, d_hs, o_b, m_b, s, i_h, B, H, P, HAS_PROJ, BLOCK_B, BLOCK_HS, BLOCK_PS)
+    # A program whose own waits all passed may have been let through by the arrivals of
+    # programs that had given up: the flag they set before arriving is visible here.
+    ok = ok * (tl.atomic_add(p_error, 0, sem="acquire", scope="gpu") == 0).to(tl.int32)
     if ok == 0:
         # A barrier timed out: every gradient this program wrote becomes NaN (see forward).
         o_col, m_col, _ = _gate_cols(i_h, H, BLOCK_HS)

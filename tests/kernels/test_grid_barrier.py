@@ -14,9 +14,9 @@ step (two barriers per step with a projection), backward as well as forward.
 - A control: the grid barrier reduced to a CTA barrier, with one program held back until
   the others finish, must give wrong results (else the comparison could not bite).
 - Timeouts with concurrent programs: NaN results, the flag read at the next call, which warns
-  and falls back to the ``step`` design. One case is a known gap, marked xfail at run time:
-  a program that starts after the others timed out is let through by their later arrivals
-  and leaves its (garbage) results unpoisoned.
+  and falls back to the ``step`` design; a program that starts after the others timed out is
+  let through by their later arrivals, and must still poison its results (it reads the
+  error flag before deciding).
 
 Every buffer the launchers allocate is NaN-poisoned (conftest.py), so a program that reads a
 slice of ``h`` before its owner wrote it produces NaN. On a GPU the real barrier runs in
@@ -348,17 +348,13 @@ def test_late_program_after_timeouts(which, seed, monkeypatch):
     else:
         check_backward(fallback, expected)
 
-    # The late program never times out: the others kept arriving after their timeouts, so
-    # every count it waits for is already reached. It does not poison, and its slice holds
-    # values computed from the state the others left: plausible garbage.
+    # The late program never times out itself: the others kept arriving after their
+    # timeouts, so every count it waits for is already reached. Its slice would hold values
+    # computed from the state the others left (plausible garbage) unless it reads the error
+    # flag they set before deciding whether to poison: it must.
     finite = [
         name
         for name, t in named.items()
         if torch.isfinite(t[..., torch.arange(t.shape[-1]) % H // TILES.block_hs == late]).any()
     ]
-    if finite:
-        pytest.xfail(
-            f"known gap: the late program's {', '.join(finite)} are finite garbage after the "
-            "others timed out (kernels/persistent.py: a program whose own waits all passed "
-            "does not read the error flag before deciding to poison)"
-        )
+    assert not finite, f"the late program left finite garbage in {', '.join(finite)}"
