@@ -165,7 +165,7 @@ def _resolve_precisions(text: str) -> list:
 
 
 def _resolve_providers(text: str | None, device: torch.device) -> list[str]:
-    from fastlstm.bench.providers import PROVIDERS, default_providers, provider_unavailable_reason
+    from fastlstm.bench.providers import PROVIDERS, default_providers, provider_why_not
 
     if text is None:
         return list(default_providers(device))
@@ -176,7 +176,7 @@ def _resolve_providers(text: str | None, device: torch.device) -> list[str]:
         if name not in PROVIDERS:
             known = ", ".join(PROVIDERS)
             raise CLIError(f"--providers: unknown {name!r}; expected some of {known}")
-        why_not = provider_unavailable_reason(name, device)
+        why_not = provider_why_not(name, device)
         if why_not is not None:
             raise CLIError(f"--providers: {name} cannot run on {device}: {why_not}")
     return list(dict.fromkeys(names))

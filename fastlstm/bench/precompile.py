@@ -71,7 +71,7 @@ def short_shape(shape):
 
 def _run_one(task: tuple[str, str, str, str]) -> tuple[str, str]:
     """Run one provider on one problem, forward and forward+backward: ``(outcome, detail)``."""
-    from fastlstm.bench.providers import build_case, make_problem, provider_unavailable_reason
+    from fastlstm.bench.providers import build_case, make_problem, provider_why_not
     from fastlstm.bench.runner import PRECISIONS, _tf32_switches
     from fastlstm.bench.shapes import parse_shape
 
@@ -79,7 +79,7 @@ def _run_one(task: tuple[str, str, str, str]) -> tuple[str, str]:
     precision, shape = PRECISIONS[precision_name], short_shape(parse_shape(shape_text))
     device = torch.device(device_text)
     label = f"{provider} {shape_text} {precision_name}"
-    if provider_unavailable_reason(provider, device, precision.dtype, shape) is not None:
+    if provider_why_not(provider, device, precision.dtype, shape) is not None:
         return "unavailable", label
     try:
         # The very problem and module the benchmark builds, so the same binaries compile.

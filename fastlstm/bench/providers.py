@@ -32,7 +32,7 @@ __all__ = [
     "default_providers",
     "design_of",
     "make_problem",
-    "provider_unavailable_reason",
+    "provider_why_not",
     "python_loop_lstm",
 ]
 
@@ -78,7 +78,7 @@ def design_of(name: str) -> str | None:
     return name.removeprefix(prefix) if name.startswith(prefix) else None
 
 
-def provider_unavailable_reason(
+def provider_why_not(
     name: str,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
@@ -112,7 +112,7 @@ def default_providers(device: torch.device) -> tuple[str, ...]:
         name
         for name in PROVIDERS
         if _backend_of(name) != "triton"
-        or (device.type == "cuda" and provider_unavailable_reason(name, device) is None)
+        or (device.type == "cuda" and provider_why_not(name, device) is None)
     )
 
 

@@ -29,7 +29,7 @@ from fastlstm.bench.providers import (
     build_case,
     design_of,
     make_problem,
-    provider_unavailable_reason,
+    provider_why_not,
 )
 from fastlstm.bench.shapes import Shape
 from fastlstm.bench.timing import measure_interleaved, peak_memory
@@ -394,7 +394,7 @@ def _prepare(
     device = problem.x.device
     if not applies_to(provider, shape):
         return final("not applicable", "needs variable lengths")
-    why_not = provider_unavailable_reason(provider, device, precision.dtype, shape)
+    why_not = provider_why_not(provider, device, precision.dtype, shape)
     if why_not is not None:
         return final("unavailable", why_not)
     try:

@@ -17,7 +17,7 @@ from fastlstm.bench.providers import (
     build_case,
     default_providers,
     make_problem,
-    provider_unavailable_reason,
+    provider_why_not,
     python_loop_lstm,
 )
 from fastlstm.bench.runner import RunConfig, run_benchmarks
@@ -109,10 +109,10 @@ def test_triton_only_by_default_on_cuda(monkeypatch):
     triton = {p for p in PROVIDERS if p.startswith("fastlstm-triton")}
     assert triton == {"fastlstm-triton", *(f"fastlstm-triton-{d}" for d in backends.DESIGNS)}
     for name in triton:
-        assert "TRITON_INTERPRET=1 is not set" in provider_unavailable_reason(name, cpu)
+        assert "TRITON_INTERPRET=1 is not set" in provider_why_not(name, cpu)
     assert set(default_providers(cpu)) == set(PROVIDERS) - triton
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert provider_unavailable_reason("fastlstm-triton", cpu) is None
+    assert provider_why_not("fastlstm-triton", cpu) is None
     assert set(default_providers(cpu)) == set(PROVIDERS) - triton  # the interpreter is slow
 
 
@@ -121,7 +121,7 @@ def test_packed_providers_refuse_fixed_shapes():
     with pytest.raises(ValueError, match="needs a variable-length shape"):
         build_case("nn.LSTM-packed", problem)
     with pytest.raises(ValueError, match="unknown provider"):
-        provider_unavailable_reason("cudnn", torch.device("cpu"))
+        provider_why_not("cudnn", torch.device("cpu"))
 
 
 def test_unknown_mode_and_dtype_raise():
@@ -212,14 +212,14 @@ def test_availability_asks_the_backend_seam_with_batch_and_design(monkeypatch):
 
     monkeypatch.setattr(providers, "select_backend", select_backend)
     shape = parse_shape("T4-B7-I3-H48")
-    reason = provider_unavailable_reason(
+    reason = provider_why_not(
         "fastlstm-triton-persistent", torch.device("cpu"), torch.float16, shape
     )
     assert reason == "the persistent design cannot run this call: too wide"
     (args, kwargs) = asked[0]
     assert args == ("triton", torch.device("cpu"), torch.float16, 48)
     assert kwargs == {"batch_size": 7, "design": "persistent"}
-    provider_unavailable_reason("fastlstm-aten", torch.device("cpu"))
+    provider_why_not("fastlstm-aten", torch.device("cpu"))
     assert asked[1][1] == {"batch_size": 1, "design": None}
 
 
@@ -239,7 +239,7 @@ def _failing_build(message):
 
 def test_a_design_that_cannot_serve_is_unavailable_other_errors_are_errors(monkeypatch):
     monkeypatch.setattr(runner, "build_case", _failing_build("the step design cannot run this"))
-    monkeypatch.setattr(runner, "provider_unavailable_reason", lambda *args: None)
+    monkeypatch.setattr(runner, "provider_why_not", lambda *args: None)
     rows = run_benchmarks([parse_shape("T4-B2-I3-H4")],
                           ["nn.LSTM-padded", "fastlstm-triton-step", "fastlstm-triton"],
                           config=FAST, progress=False)  # fmt: skip
