@@ -6,7 +6,10 @@ A block that needs something CI cannot give it (the IMDB data, a GPU) is precede
 
 from __future__ import annotations
 
+import linecache
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,16 @@ BLOCKS = [
 
 
 @pytest.mark.parametrize(("source", "skip"), BLOCKS)
-def test_python_block_runs(source: str, skip: str | None):
+def test_python_block_runs(source: str, skip: str | None, monkeypatch):
     if skip:
         pytest.skip(skip)
-    exec(compile(source, "<doc>", "exec"), {"__name__": "__doc_example__"})
+    # The block runs as a module whose source inspect can find, as a reader's script would:
+    # torch.jit.script reads the source of the classes it compiles.
+    filename = "<doc example>"
+    module = types.ModuleType("__doc_example__")
+    module.__file__ = filename
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(
+        linecache.cache, filename, (len(source), None, source.splitlines(True), filename)
+    )
+    exec(compile(source, filename, "exec"), module.__dict__)
