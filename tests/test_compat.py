@@ -1,5 +1,8 @@
 """The last places where nn.LSTM scripts could tell the swap apart, on every backend.
 
+Also the module protocols nn.LSTM scripts lean on (copying, pickling, parametrizations,
+activation checkpointing, jacrev, DDP, hooks), each against nn.LSTM.
+
 Empty batches, double backward (``gradgradcheck`` of the reference is in
 test_reference.py), ``torch.func`` per-sample gradients and whole-model
 ``torch.load(weights_only=True)``: each matches ``torch.nn.LSTM`` or, where a backend truly
@@ -9,13 +12,18 @@ the backend that can.
 
 from __future__ import annotations
 
+import copy
 import io
+import os
+import pickle
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.utils import parametrizations, prune
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.checkpoint import checkpoint
 
 import fastlstm
 
@@ -207,3 +215,70 @@ def test_bare_lstm_loads_under_the_default_weights_only():
     loaded = torch.load(buf)  # weights_only=True is PyTorch's default
     x = torch.randn(2, 1, 3)
     assert torch.equal(loaded(x)[0], m(x)[0])
+
+
+def _protocol_outputs(name: str, module: nn.Module, x: Tensor):
+    """``module`` through one of the protocols nn.LSTM scripts use: (output, gradients)."""
+    if name == "deepcopy":
+        module = copy.deepcopy(module)
+    elif name == "pickle":
+        module = pickle.loads(pickle.dumps(module))
+    elif name in ("weight_norm", "spectral_norm"):
+        torch.manual_seed(1)  # spectral_norm draws its power-iteration start
+        getattr(parametrizations, name)(module, "weight_hh_l0")
+    elif name == "prune":
+        prune.l1_unstructured(module, "weight_ih_l0", amount=0.5)
+    x = x.clone().requires_grad_()
+    if name == "checkpoint":
+        out = checkpoint(lambda t: module(t)[0], x, use_reentrant=False)
+    elif name == "jacrev":
+        jac = torch.func.jacrev(lambda t: module(t)[0].sum())(x)
+        return jac, [jac]
+    elif name == "ddp":
+        out = nn.parallel.DistributedDataParallel(module)(x)[0]
+    else:
+        out = module(x)[0]
+    grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+    return out, list(grads)
+
+
+PROTOCOLS = [
+    "deepcopy", "pickle", "weight_norm", "spectral_norm", "prune", "checkpoint", "jacrev", "ddp",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gloo_group():
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_module_protocols_match_nn_lstm(name, request):
+    if name == "ddp":
+        request.getfixturevalue("gloo_group")
+    ref, ours = make_pair("auto", num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, 3)
+    out_o, grads_o = _protocol_outputs(name, ours, x)
+    out_r, grads_r = _protocol_outputs(name, ref, x)
+    assert_close(out_o, out_r, f"{name} output")
+    for k, (g_o, g_r) in enumerate(zip(grads_o, grads_r, strict=True)):
+        assert_close(g_o, g_r, f"{name} gradient {k}")
+
+
+def test_forward_hooks_see_lengths_and_may_replace_the_output():
+    _, ours = make_pair("auto")
+    seen = []
+    ours.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(sorted(kwargs)), with_kwargs=True
+    )
+    ours.register_forward_hook(lambda mod, args, out: (out[0] * 0, out[1]))
+    out, _ = ours(torch.randn(4, 2, 3), lengths=torch.tensor([4, 2]))
+    assert seen == [["lengths"]] and not out.any()
