@@ -4,7 +4,8 @@
 direction of one layer; both pick a backend with ``fastlstm.backends.select_backend`` and run
 each direction the one way that backend offers: the shared autograd glue
 (``fastlstm.direction``) over its recurrence pair, the fused aten op, or, inside a traced
-graph, the custom op of ``fastlstm.backends.compiled``.
+graph, the custom op of ``fastlstm.backends.compiled``. Under ``torch.onnx.export`` the whole
+LSTM becomes ONNX ``LSTM`` nodes instead (``fastlstm.onnx``), whatever the backend.
 """
 
 from __future__ import annotations
@@ -18,17 +19,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fastlstm import direction
 from fastlstm.backends import REGISTRY, BackendChoice, compiled, recurrence, select_backend
-
-try:
-    from torch.fx.experimental.symbolic_shapes import statically_known_true
-except ImportError:  # older torch: sizes in a traced graph are concrete or backed there
-
-    def statically_known_true(x) -> bool:
-        return bool(x)
-
 
 __all__ = ["check_lengths", "lstm", "lstm_direction", "lstm_with_backend"]
 
@@ -265,8 +259,9 @@ def _check_lengths_shape(lengths: Tensor, batch_size) -> None:
             f"lengths: expected a 1-D tensor of sequence lengths (one per batch element), "
             f"got {shape}"
         )
-    if not torch.jit.is_tracing():  # where sizes are traced as tensors (the legacy exporter)
-        # Compiled, the sizes may be symbolic: the check is recorded, its message a constant.
+    # torch.jit.trace (and so the legacy ONNX exporter) traces sizes as tensors: no check
+    # there. Compiled, the sizes may be symbolic: the check is recorded, its message a constant.
+    if not torch.jit.is_tracing():
         torch._check(
             lengths.shape[0] == batch_size,
             lambda: "lengths: expected one sequence length per batch element",

@@ -10,6 +10,9 @@ functions eager mode runs, so traced and eager runs of a backend agree by constr
 backends with a recurrence pair can run here (the fused aten op exposes no saved state);
 ``select_backend`` knows that. ``designs`` (comma-separated, or empty) and ``pinned`` carry
 the Triton kernel designs the call may use (``fastlstm.backends.recurrence``).
+
+A traced module saved with ``torch.jit.save`` and a program saved with ``torch.export.save``
+name this op: they load after ``import fastlstm``, which registers it.
 """
 
 from __future__ import annotations
