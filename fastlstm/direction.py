@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,6 +34,7 @@ from torch import Tensor
 from fastlstm.sequences import previous_states
 
 __all__ = [
+    "DirectionArgs",
     "DirectionFunction",
     "Recurrence",
     "acc_dtype",
@@ -66,6 +68,29 @@ class Recurrence:
     differentiable: bool = False
 
 
+class DirectionArgs(NamedTuple):
+    """The inputs of one direction of one layer: the seam every backend serves.
+
+    Checked by the caller (``fastlstm.functional``).
+    """
+
+    x: Tensor  # [T, B, I] padded input
+    w_ih: Tensor  # [4H, I], gate order i, f, g, o
+    w_hh: Tensor  # [4H, P]
+    b_ih: Tensor | None  # [4H]
+    b_hh: Tensor | None  # [4H]
+    w_hr: Tensor | None  # [P, H] projection (P = proj_size), or None (P = H)
+    h0: Tensor  # [B, P]
+    c0: Tensor  # [B, H]
+    lengths: Tensor | None  # [B] int64 in [1, T] on x.device; None: every sequence is T long
+    reverse: bool  # run each sequence backwards from its own last valid step
+
+    @property
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        """The eight floating inputs, in the order their gradients are returned."""
+        return self[:8]
+
+
 def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None):
     T, B, I = x.shape
     G = w_ih.shape[0]
@@ -79,51 +104,29 @@ def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor
 
 
 def direction_forward(
-    rec: Recurrence,
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
+    rec: Recurrence, a: DirectionArgs
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Input projection as one GEMM, then ``rec.forward``: ``out, h_n, c_n, gates, cs``."""
-    xp = _input_projection(x, w_ih, b_ih, b_hh)
-    return rec.forward(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+    xp = _input_projection(a.x, a.w_ih, a.b_ih, a.b_hh)
+    return rec.forward(xp, a.w_hh, a.w_hr, a.h0, a.c0, a.lengths, a.reverse)
 
 
 def direction_backward(
     rec: Recurrence,
-    d_out: Tensor,
-    d_hn: Tensor,
-    d_cn: Tensor,
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    out: Tensor,
-    gates: Tensor,
-    cs: Tensor,
-    reverse: bool,
+    a: DirectionArgs,
+    grads: tuple[Tensor, Tensor, Tensor],
+    saved: tuple[Tensor, Tensor, Tensor],
     needs: tuple[bool, ...] = (True,) * 8,
 ) -> tuple[Tensor | None, ...]:
     """The backward recurrence, then the gradient GEMMs for the inputs in ``needs``.
 
-    ``needs`` flags ``x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0``; returns their gradients in
-    that order (None where not needed or where the input is None).
+    ``grads`` are the cotangents ``d_out, d_hn, d_cn``; ``saved`` the forward's
+    ``out, gates, cs``. ``needs`` flags ``x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0``; returns
+    their gradients in that order (None where not needed or where the input is None).
     """
-    d_xp, d_h0, d_c0, d_hs = rec.backward(
-        d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse
-    )
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse = a
+    out, gates, cs = saved
+    d_xp, d_h0, d_c0, d_hs = rec.backward(*grads, w_hh, w_hr, c0, gates, cs, lengths, reverse)
     T, B, G = d_xp.shape
     I, P, H = x.shape[-1], w_hh.shape[1], cs.shape[-1]
     cdt = x.dtype
@@ -163,21 +166,24 @@ class DirectionFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, rec):
-        return direction_forward(rec, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse)
+    def forward(*args):
+        *inputs, rec = args  # the ten DirectionArgs fields, then the Recurrence
+        return direction_forward(rec, DirectionArgs(*inputs))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, rec = inputs
+        *fields, rec = inputs
+        a = DirectionArgs(*fields)
         out, _, _, gates, cs = output
         ctx.mark_non_differentiable(gates, cs)
-        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs)
-        ctx.reverse, ctx.rec = reverse, rec
+        ctx.save_for_backward(*a.tensors, a.lengths, out, gates, cs)
+        ctx.reverse, ctx.rec = a.reverse, rec
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn, _d_gates, _d_cs):
-        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, out, gates, cs = ctx.saved_tensors
-        rec, reverse = ctx.rec, ctx.reverse
+        *tensors, lengths, out, gates, cs = ctx.saved_tensors
+        a = DirectionArgs(*tensors, lengths, ctx.reverse)
+        rec = ctx.rec
         if torch.is_grad_enabled():
             if not rec.differentiable:
                 raise RuntimeError(
@@ -187,13 +193,9 @@ class DirectionFunction(torch.autograd.Function):
                     "backend='aten' on the CPU"
                 )
             # Recompute with graph: the first derivative then carries its own graph.
-            out, _, _, gates, cs = direction_forward(
-                rec, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse
-            )
-        grads = direction_backward(
-            rec, d_out, d_hn, d_cn, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
-            out, gates, cs, reverse, tuple(ctx.needs_input_grad[:8]),
-        )  # fmt: skip
+            out, _, _, gates, cs = direction_forward(rec, a)
+        needs = tuple(ctx.needs_input_grad[:8])
+        grads = direction_backward(rec, a, (d_out, d_hn, d_cn), (out, gates, cs), needs)
         return (*grads, None, None, None)
 
 
@@ -210,33 +212,17 @@ def autocast_inputs(tensors: tuple[Tensor | None, ...], device_type: str):
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
-def run_direction(
-    rec: Recurrence,
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+def run_direction(rec: Recurrence, a: DirectionArgs) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer over ``rec`` (differentiable); ``out, h_n, c_n``.
 
-    Arguments are checked by the caller (``fastlstm.functional``): ``x [T, B, I]``,
-    ``w_ih [4H, I]``, ``w_hh [4H, P]``, biases ``[4H]`` or None, ``w_hr [P, H]`` or None,
-    ``h0 [B, P]``, ``c0 [B, H]``, ``lengths`` int64 ``[B]`` in ``[1, T]`` on ``x.device`` or
-    None.
     Under ``torch.autocast`` the floating inputs run in the autocast dtype.
     """
-    tensors = autocast_inputs((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), x.device.type)
+    tensors = autocast_inputs(a.tensors, a.x.device.type)
     if not rec.differentiable and _functorch_wrapped(tensors):
         raise RuntimeError(
             f"backend {rec.name!r} does not support torch.func transforms (vmap, grad, ...); "
             "use backend='reference' (any device) or backend='aten' on the CPU"
         )
-    with torch.autocast(x.device.type, enabled=False):
-        out, h_n, c_n, _, _ = DirectionFunction.apply(*tensors, lengths, bool(reverse), rec)
+    with torch.autocast(a.x.device.type, enabled=False):
+        out, h_n, c_n, _, _ = DirectionFunction.apply(*tensors, a.lengths, bool(a.reverse), rec)
     return out, h_n, c_n

@@ -23,6 +23,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fastlstm import direction
 from fastlstm.backends import REGISTRY, BackendChoice, compiled, recurrence, select_backend
+from fastlstm.direction import DirectionArgs
 
 __all__ = ["check_lengths", "lstm", "lstm_direction", "lstm_with_backend"]
 
@@ -330,19 +331,17 @@ def _choose(backend, design, x, weights, hidden, proj, batch, traced) -> Backend
 
 
 def _direction_runner(choice: BackendChoice, traced: bool):
-    """``run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, lengths_host)``: one
-    direction the way ``choice``'s backend runs it."""
+    """``run(args: DirectionArgs, lengths_host) -> out, h_n, c_n``: one direction the way
+    ``choice``'s backend runs it."""
     entry = REGISTRY[choice.name]
     if traced:
-        return lambda *args, reverse, lengths_host: compiled.run_direction(
-            *args, reverse, choice.name, choice.designs, choice.pinned
+        return lambda a, lengths_host: compiled.run_direction(
+            a, choice.name, choice.designs, choice.pinned
         )
     if entry.run_direction is not None:
-        return lambda *args, reverse, lengths_host: entry.run_direction(
-            *args, reverse, lengths_host
-        )
+        return entry.run_direction
     rec = recurrence(choice.name, choice.designs, choice.pinned)
-    return lambda *args, reverse, lengths_host: direction.run_direction(rec, *args, reverse)
+    return lambda a, lengths_host: direction.run_direction(rec, a)
 
 
 def _run_layers(
@@ -366,10 +365,8 @@ def _run_layers(
             w = weights[k * per : (k + 1) * per]
             b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
             w_hr = w[-1] if per in (3, 5) else None
-            out_d, h_d, c_d = run(
-                layer_in, w[0], w[1], b_ih, b_hh, w_hr, h0[k], c0[k], lengths,
-                reverse=d == 1, lengths_host=lengths_host,
-            )  # fmt: skip
+            a = DirectionArgs(layer_in, w[0], w[1], b_ih, b_hh, w_hr, h0[k], c0[k], lengths, d == 1)
+            out_d, h_d, c_d = run(a, lengths_host)
             outs.append(out_d)
             h_ns.append(h_d)
             c_ns.append(c_d)
@@ -526,6 +523,5 @@ def lstm_direction(
     weights = [t for t in (w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
     proj = 0 if w_hr is None else P
     choice = _choose(backend, design, x, weights, H, proj, B, traced)
-    run = _direction_runner(choice, traced)
-    args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths)
-    return run(*args, reverse=bool(reverse), lengths_host=lengths_host)
+    a = DirectionArgs(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, bool(reverse))
+    return _direction_runner(choice, traced)(a, lengths_host)

@@ -71,19 +71,10 @@ def _onnx_lstm_op(
     lengths = seq_lens.to(torch.int64)
     for d in range(2 if bidirectional else 1):
         b_ih, b_hh = B[d].split(4 * hidden)
-        out, h_n, c_n, _, _ = direction.direction_forward(
-            reference.RECURRENCE,
-            x,
-            _torch_gates(W[d], hidden),
-            _torch_gates(R[d], hidden),
-            _torch_gates(b_ih, hidden),
-            _torch_gates(b_hh, hidden),
-            None,
-            h0[d],
-            c0[d],
-            lengths,
-            d == 1,
-        )
+        w_ih, w_hh = _torch_gates(W[d], hidden), _torch_gates(R[d], hidden)
+        b_ih, b_hh = _torch_gates(b_ih, hidden), _torch_gates(b_hh, hidden)
+        a = direction.DirectionArgs(x, w_ih, w_hh, b_ih, b_hh, None, h0[d], c0[d], lengths, d == 1)
+        out, h_n, c_n, _, _ = direction.direction_forward(reference.RECURRENCE, a)
         ys.append(out)
         hs.append(h_n)
         cs.append(c_n)

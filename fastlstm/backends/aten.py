@@ -23,6 +23,7 @@ import itertools
 import torch
 from torch import Tensor
 
+from fastlstm.direction import DirectionArgs
 from fastlstm.sequences import reverse_index
 
 __all__ = ["run_direction", "run_stack"]
@@ -63,17 +64,7 @@ def _segment_cuts(sorted_lengths: list[int], max_segments: int) -> list[int]:
 
 
 def run_direction(
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    lengths_host: list[int] | None = None,
+    a: DirectionArgs, lengths_host: list[int] | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one LSTM layer with the fused aten op (the backend seam).
 
@@ -81,6 +72,7 @@ def run_direction(
     the lengths on the host: ``lengths_host`` (the values of ``lengths`` as a list, which
     ``fastlstm.functional`` reads once per call) spares a device-to-host copy per direction.
     """
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse = a
     params = [w_ih, w_hh]
     if b_ih is not None:
         params += [b_ih, b_hh]
