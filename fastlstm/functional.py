@@ -25,7 +25,7 @@ from fastlstm import direction
 from fastlstm.backends import REGISTRY, BackendChoice, compiled, recurrence, select_backend
 from fastlstm.direction import DirectionArgs
 
-__all__ = ["check_lengths", "lstm", "lstm_direction", "lstm_with_backend"]
+__all__ = ["LSTMOptions", "check_lengths", "lstm", "lstm_direction", "run_lstm"]
 
 logger = logging.getLogger("fastlstm")
 
@@ -117,21 +117,31 @@ def _hidden_msg(k: int, t: Tensor, shape: tuple[int, ...]) -> str:
     return f"Expected hidden[{k}] size {tuple(shape)}, got {list(t.shape)}"
 
 
-def lstm_with_backend(
+@dataclasses.dataclass(frozen=True)
+class LSTMOptions:
+    """How :func:`lstm` runs: ``nn.LSTM``'s settings, then the backend (see :func:`lstm`)."""
+
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    training: bool = False
+    batch_first: bool = False
+    backend: str = "auto"
+    design: str | None = None
+
+
+def run_lstm(
     input: Tensor,
     hx: tuple[Tensor, Tensor] | None,
     weights: Sequence[Tensor],
-    *,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    batch_first: bool = False,
-    lengths: Tensor | None = None,
-    backend: str = "auto",
-    design: str | None = None,
+    lengths: Tensor | None,
+    options: LSTMOptions,
 ) -> tuple[Tensor, tuple[Tensor, Tensor], BackendChoice]:
-    """:func:`lstm`, also returning the :class:`BackendChoice` that ran."""
+    """:func:`lstm` with its settings in ``options``, also returning the
+    :class:`BackendChoice` that ran (``fastlstm.LSTM`` records it as ``last_backend``)."""
+    num_layers, bidirectional, dropout = options.num_layers, options.bidirectional, options.dropout
+    training, batch_first = options.training, options.batch_first
+    backend, design = options.backend, options.design
     D = 2 if bidirectional else 1
     per = _weights_per_layer(weights, num_layers, D)
     has_proj = per in (3, 5)
@@ -413,19 +423,10 @@ def lstm(
     Returns:
         ``output [T, B, D*P]`` (batch-first if requested) and ``(h_n, c_n)``.
     """
-    out, state, _ = lstm_with_backend(
-        input,
-        hx,
-        weights,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        dropout=dropout,
-        training=training,
-        batch_first=batch_first,
-        lengths=lengths,
-        backend=backend,
-        design=design,
+    options = LSTMOptions(
+        num_layers, bidirectional, dropout, training, batch_first, backend, design
     )
+    out, state, _ = run_lstm(input, hx, weights, lengths, options)
     return out, state
 
 

@@ -10,7 +10,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fastlstm.backends import BACKENDS, DESIGNS
-from fastlstm.functional import lstm_with_backend
+from fastlstm.functional import LSTMOptions, run_lstm
 
 __all__ = ["LSTM"]
 
@@ -231,19 +231,16 @@ class LSTM(nn.RNNBase):
             if lengths is not None:
                 raise ValueError("lengths: not supported for unbatched 2-D input")
 
-        out, (h_n, c_n), choice = lstm_with_backend(
-            x,
-            hx,
-            self._flat_weights,
-            num_layers=self.num_layers,
-            bidirectional=self.bidirectional,
-            dropout=self.dropout,
-            training=self.training,
-            batch_first=batch_first,
-            lengths=lengths,
-            backend=self.backend,
-            design=self.design,
+        options = LSTMOptions(
+            self.num_layers,
+            self.bidirectional,
+            self.dropout,
+            self.training,
+            batch_first,
+            self.backend,
+            self.design,
         )
+        out, (h_n, c_n), choice = run_lstm(x, hx, self._flat_weights, lengths, options)
         self.last_backend = choice.name
 
         if packed is not None:
@@ -363,7 +360,3 @@ class LSTM(nn.RNNBase):
 # PyTorch's default, without the user adding fastlstm to the allowlist: the class is all the
 # pickle names beyond what torch allows already (parameters, tensors, plain containers).
 torch.serialization.add_safe_globals([LSTM])
-
-# quantize_dynamic(model, {fastlstm.LSTM}) finds its quantized counterpart in torch's default
-# mapping, which fastlstm.quantized extends on import (it needs the class defined above).
-from fastlstm import quantized as _quantized  # noqa: E402, F401

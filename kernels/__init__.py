@@ -19,24 +19,16 @@ from typing import Any
 
 from .launch import DESIGN_ENV, DESIGNS, dot_precision, why_not
 
+
 # The dispatcher imports triton, which is slow to import and may be absent; launch.py does
 # not. Importing the package (or fastlstm.kernels.launch) to ask why_not or read DESIGNS
 # therefore leaves triton alone, and the dispatcher's names load on first use.
-_DISPATCH = (
-    "KernelLaunchError",
-    "choose_design",
-    "forced_design",
-    "measured_designs",
-    "recurrence_backward",
-    "recurrence_forward",
-)
-
-
 def __getattr__(name: str) -> Any:
-    if name in _DISPATCH:
+    if name != "dispatch" and not name.startswith("__"):  # not while importing the submodule
         from . import dispatch
 
-        return getattr(dispatch, name)
+        if name in dispatch.__all__:
+            return getattr(dispatch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
