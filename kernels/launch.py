@@ -133,17 +133,18 @@ def batch_config(batch: int, hidden: int, proj: int = 0) -> BatchConfig:
 
     The loop is latency-bound, so more programs (smaller batch tiles) run more of the batch in
     parallel: 16 rows, the smallest tile ``tl.dot`` accepts, and 32 only for very large
-    batches (the weight traffic per row halves). Hidden tiles of up to 32 columns and
-    reduction chunks of 16 keep the four gate accumulators and the dot operands in registers
-    in every dtype and precision. ptxas gets the whole register file (``maxnreg`` 255): one
+    batches (the weight traffic per row halves). Hidden tiles of up to 32 columns (16 with
+    32 rows: at most 512 accumulator elements per gate) and reduction chunks of 16 keep the
+    four gate accumulators and the dot operands in registers in every dtype and precision, at
+    4 warps: 32 x 32 tiles at 8 warps took all 255 registers and spilled in Triton 3.6 (half
+    dtypes with a projection). ptxas gets the whole register file (``maxnreg`` 255): one
     program per SM, and left to itself ptxas aims lower and spills.
     """
     block_b = 32 if batch >= 1024 else 16
-    block_h = max(16, min(32, pow2(hidden)))
+    block_h = max(16, min(32, pow2(hidden), 512 // block_b))
     block_k = 16
-    num_warps = 8 if block_b * block_h > 512 else 4
     del proj  # every projection size fits these tiles
-    return BatchConfig(block_b, block_h, block_k, num_warps)
+    return BatchConfig(block_b, block_h, block_k, num_warps=4)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,9 @@ class PersistentConfig:
     rest is derived: projection columns per program (``block_ps``), slices summed per chunk
     in backward (``block_ns``), and the shared memory a program needs (:meth:`smem_bytes`).
     ``step_cell_warps`` overrides ``num_warps`` for the step design's forward cell kernel.
+    ``maxnreg`` is the register budget per thread given to ptxas: 255, the whole register
+    file at 8 warps (one program per SM); left to itself ptxas capped some of these kernels
+    at 32 to 128 registers and spilled (docs/kernels.md, "Registers and spills").
     """
 
     block_b: int
@@ -161,11 +165,12 @@ class PersistentConfig:
     num_warps: int
     num_stages: int = 1
     step_cell_warps: int | None = None
-    maxnreg: int | None = None
+    maxnreg: int | None = 255
 
     def warps(self, kernel: str) -> int:
-        """Warps of one kernel (``persistent_fwd``, ``step_fwd_p0``, ...)."""
-        if kernel == "step_fwd_p0" and self.step_cell_warps:
+        """Warps of one kernel (``persistent_fwd``, ``step_fwd_cell``, ...: the names the
+        launchers in ``persistent.py`` ask for)."""
+        if kernel == "step_fwd_cell" and self.step_cell_warps:
             return self.step_cell_warps
         return self.num_warps
 
@@ -180,9 +185,11 @@ class PersistentConfig:
 
     def block_ns(self, hidden: int, cols: int) -> int:
         # Slices summed per tl.sum in backward. Each chunk costs one dependent L2 round trip,
-        # so all slices at once while the [BLOCK_NS, BLOCK_B, cols] load stays within 8K
-        # elements (32 registers per thread at 8 warps).
-        cap = max(1, 8192 // (self.block_b * cols))
+        # so all slices at once while the [BLOCK_NS, BLOCK_B, cols] load stays within 16
+        # registers per thread (4K elements at 8 warps). 8K elements spilled in Triton 3.6:
+        # up to 568 bytes at B = 1 (64 and 128 slices at H = 256 and 512), 36 with 16 x 16
+        # tiles at H = 512.
+        cap = max(1, 16 * 32 * self.num_warps // (self.block_b * cols))
         return max(1, min(pow2(self.n_slices(hidden), 1), cap))
 
     def resident_bytes(self, hidden: int, proj: int, elem: int) -> int:
@@ -195,13 +202,32 @@ class PersistentConfig:
         return w
 
     def smem_bytes(self, hidden: int, proj: int, elem: int) -> int:
-        """Upper bound of a program's shared memory: the resident slice, the staged ``h`` (or
-        ``r``) tile that feeds ``tl.dot``, and the fp32 ``[BLOCK_B, 4*BLOCK_HS]`` scratch of
-        the layout conversion between the dot's result and the interleaved gate split.
-        ``benchmarks/kernel_resources.py`` checks it against what Triton allocates."""
-        staged = self.block_b * max(pow2(proj or hidden), pow2(hidden) if proj else 0) * elem
-        scratch = self.block_b * 4 * self.block_hs * 4
-        return self.resident_bytes(hidden, proj, elem) + staged + scratch
+        """Upper bound of a program's shared memory: the resident slice; a ``[BLOCK_B, P]``
+        (with a projection ``[BLOCK_B, H]``) row block, counted in fp32: the staged ``h``
+        (or ``r``) tile that feeds ``tl.dot`` in the weight dtype, or the fp32 ``da W_hh``
+        partial backward converts to another layout before its store, which in bf16/fp16 is
+        the larger (a half-width count fell 1-30 KB short); and twice the fp32
+        ``[BLOCK_B, 4*BLOCK_HS]`` scratch of the layout conversions between a dot's result
+        and the interleaved gates (Triton 3.6 keeps two live in backward: 4 KB over a single
+        one at ``H = 64``, 16 x 32 tiles). ``benchmarks/kernel_resources.py`` checks it
+        against what Triton allocates, for every tile the designs can pick."""
+        rows = self.block_b * max(pow2(proj or hidden), pow2(hidden) if proj else 0) * 4
+        scratch = 2 * self.block_b * 4 * self.block_hs * 4
+        return self.resident_bytes(hidden, proj, elem) + rows + scratch
+
+
+def max_tile_units(hidden: int, proj: int) -> int:
+    """The most ``block_b * block_hs`` (rows x hidden units) one program of the
+    weight-stationary kernels may own without spilling.
+
+    Each thread holds its share of the step's ``[BLOCK_B, 4*BLOCK_HS]`` gate tile, the
+    cell's temporaries and the ``[BLOCK_B, P]`` row block; past these sizes the kernels use
+    all 255 registers per thread at 8 warps (the whole register file) and spill, in Triton
+    3.6 and 3.9 (``benchmarks/kernel_resources.py``; docs/kernels.md, "Registers and
+    spills"): 512 without a projection up to ``H = 256`` (1,024 spilled), 256 at ``H = 512``
+    (512 spilled in fp32) and with a projection (512 spilled at every ``H``).
+    """
+    return 512 if not proj and pow2(hidden) <= 256 else 256
 
 
 def persistent_config(
@@ -214,38 +240,50 @@ def persistent_config(
     spread over as many programs as possible), then the fewest hidden units per program (at
     least 4, so the four interleaved gates give ``tl.dot`` 16 columns; 16 with a projection,
     whose backward dot has only the slice's units as columns) for which the grid fits one
-    program per SM; when that slice does not fit the shared memory, the next wider batch tile
-    (fewer tiles, so more SMs per tile and narrower slices). Both designs use the same tiles
-    on a GPU, so their saved tensors are the same computation.
+    program per SM, within :func:`max_tile_units`; when that slice does not fit the shared
+    memory, the next wider batch tile (fewer tiles, so more SMs per tile and narrower
+    slices). Both designs use the same tiles on a GPU, so their saved tensors are the same
+    computation. When no tiling fits the SMs (the persistent design is refused), the step
+    design gets 16-row tiles with the widest slice the register and shared-memory limits
+    allow: the fewest programs per launch, each reading all of ``h``.
     """
     if design == "persistent" and target.interpreter:
         return PersistentConfig(block_b=pow2(batch), block_hs=pow2(hidden), num_warps=4)
     elem = _elem(dtype)
     lo = 16 if proj else 4
     top = pow2(hidden, lo)
+    units = max_tile_units(hidden, proj)
     choice = None
     for block_b in (16, 32, 64, 128):
+        if block_b * lo > units:
+            break
         hs = lo
-        while hs < top and math.prod(PersistentConfig(block_b, hs, 4).grid(batch, hidden)) > (
-            target.sms
+        while (
+            hs < top
+            and block_b * hs * 2 <= units
+            and math.prod(PersistentConfig(block_b, hs, 4).grid(batch, hidden)) > target.sms
         ):
             hs *= 2
         cfg = PersistentConfig(block_b, hs, 4)
         if math.prod(cfg.grid(batch, hidden)) > target.sms:
-            break  # even all of H per program does not fit: the batch needs more SMs
+            break  # the widest slice registers allow leaves more programs than SMs
         if cfg.smem_bytes(hidden, proj, elem) <= target.smem_per_block:
             choice = cfg
             break
         if block_b >= batch:
             break
     if choice is None:  # serves the step design; the persistent one is refused
-        choice = PersistentConfig(16, lo, 4)
-    # More threads for wider resident tiles: fewer operand registers per thread. The step
-    # design's cell kernel with a projection spills at 8 warps where 4 do not (sm_90).
-    num_warps = 8 if choice.resident_bytes(hidden, proj, elem) >= 16 * 1024 else 4
-    return PersistentConfig(
-        choice.block_b, choice.block_hs, num_warps, step_cell_warps=4 if proj else None
-    )
+        hs = max(lo, min(top, units // 16))
+        while hs > lo and PersistentConfig(16, hs, 4).smem_bytes(hidden, proj, elem) > (
+            target.smem_per_block
+        ):
+            hs //= 2
+        choice = PersistentConfig(16, hs, 4)
+    # 8 warps (with maxnreg 255, the whole register file) unless the tile is the smallest
+    # and the resident slice small: 4 warps there halve the threads a barrier waits for.
+    small = choice.block_b * choice.block_hs < 128
+    num_warps = 4 if small and choice.resident_bytes(hidden, proj, elem) < 16 * 1024 else 8
+    return PersistentConfig(choice.block_b, choice.block_hs, num_warps)
 
 
 def why_not(
@@ -309,10 +347,10 @@ def plan_why_not(
             f"{cfg.block_b} rows) exceed the {target.smem_per_block:,} bytes a program may use "
             f"(hidden {hidden}, proj_size {proj})"
         )
-    if dot_precision(dtype) == "ieee" and (cfg.block_hs > 8 or pow2(proj or hidden) > 256):
+    if dot_precision(dtype) == "ieee" and (cfg.block_hs > 8 or pow2(proj or hidden) > 64):
         # Exact fp32 tl.dot runs on the FMA units, whose operands live in registers: a slice
-        # wider than 8 units or 256 inputs spills, while TF32/half dots keep it in shared
-        # memory.
+        # wider than 8 units, or of more than 64 inputs, spills (128 inputs did in Triton
+        # 3.6: 96-696 bytes), while TF32/half dots keep it in shared memory.
         return (
             f"exact fp32 dots (TF32 disabled) cannot keep a {cfg.block_hs}-unit x "
             f"{proj or hidden}-input W_hh slice resident without spilling"
@@ -322,7 +360,9 @@ def plan_why_not(
         if n_h * n_b > target.sms:
             return (
                 f"the persistent design needs {n_h} x {n_b} co-resident programs for batch "
-                f"{batch}, hidden {hidden}; this GPU has {target.sms} SMs (one program per SM)"
+                f"{batch}, hidden {hidden}; this GPU has {target.sms} SMs (one program per SM, "
+                f"at most {max_tile_units(hidden, proj)} rows x hidden units each: more spill "
+                "registers)"
             )
     return None
 
