@@ -57,7 +57,9 @@ at ``H = 1024`` are reported but do not fail (at most 168 bytes per thread in
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before triton is imported: compile rather than interpret, and really compile (a cache
@@ -65,37 +67,36 @@ import tempfile
 os.environ["TRITON_INTERPRET"] = "0"
 os.environ["TRITON_ALWAYS_COMPILE"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default of both versions
-_OWN_CACHE = None
-if "TRITON_CACHE_DIR" not in os.environ:
-    _OWN_CACHE = tempfile.mkdtemp(prefix="kernel-resources-")
-    os.environ["TRITON_CACHE_DIR"] = _OWN_CACHE
+if "TRITON_CACHE_DIR" not in os.environ:  # the compiling processes inherit it
+    _cache = tempfile.mkdtemp(prefix="kernel-resources-")
+    os.environ["TRITON_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import multiprocessing  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from collections.abc import Iterable, Iterator  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import contextlib
+import datetime
+import multiprocessing
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain checkout
 
-import triton  # noqa: E402
-from triton import knobs  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
+import triton
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
 
-from fastlstm.kernels import batch, launch, persistent  # noqa: E402
+from fastlstm.kernels import batch, launch, persistent
 
 PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {  # name: (dtype, cudnn.allow_tf32)
     "tf32": (torch.float32, True),
@@ -627,8 +628,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     for text in failures:
         print(f"FAIL {text}", file=sys.stderr)
-    if _OWN_CACHE is not None:
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
     return 1 if failures else 0
 
 
