@@ -400,8 +400,10 @@ def _persistent_fwd_kernel(
     if ok == 0:
         # A barrier timed out: the results are garbage, so they become NaN rather than
         # plausible; the host reads the flag later, without a sync (kernels/dispatch.py).
-        for s in range(0, T):
-            _poison(out, s * B + o_b.to(tl.int64), o_hw, m_hw, P)
+        # Its own loop variable: s is int64 after the padding loop above, and a compiled loop
+        # may not change a variable's type.
+        for t in range(0, T):
+            _poison(out, t * B + o_b.to(tl.int64), o_hw, m_hw, P)
         _poison(h_n, o_b, o_hw, m_hw, P)
         _poison(c_n, o_b, o_u, m_bu, H)
 
@@ -745,8 +747,8 @@ def _persistent_bwd_kernel(
         o_col, m_col, _ = _gate_cols(i_h, H, BLOCK_HS)
         o_p = tl.arange(0, BLOCK_P)
         o_ps = i_h * BLOCK_PS + tl.arange(0, BLOCK_PS)
-        for s in range(0, T):
-            o_row = s * B + o_b.to(tl.int64)
+        for t in range(0, T):  # not s: see the forward kernel
+            o_row = t * B + o_b.to(tl.int64)
             _poison(d_xp, o_row, o_col, m_b[:, None] & m_col[None, :], 4 * H)
             if HAS_PROJ:
                 _poison(d_hs, o_row, o_ps, m_b[:, None] & (o_ps < P)[None, :], P)
