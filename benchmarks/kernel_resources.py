@@ -97,6 +97,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 
 from fastlstm.kernels import batch, launch, persistent
+from fastlstm.kernels.common import BackwardArgs, ForwardArgs
 
 PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {  # name: (dtype, cudnn.allow_tf32)
     "tf32": (torch.float32, True),
@@ -301,16 +302,15 @@ def call_launcher(case: Case, cfg=None) -> None:
         if not case.backward:
             xp = _empty(T, B, 4 * H, dtype=dt)
             h0 = torch.zeros(B, P, dtype=dt)
+            fwd = ForwardArgs(xp, w_hh, w_hr, h0, c0, lengths, rev)
             if case.design == "batch":
-                batch.forward(xp, w_hh, w_hr, h0, c0, lengths, rev, cfg)
+                batch.forward(fwd, cfg)
             elif case.design == "step":
-                persistent.step_forward(xp, w_hh, w_hr, h0, c0, lengths, rev, cfg)
+                persistent.step_forward(fwd, cfg)
             else:
-                persistent.persistent_forward(
-                    xp, w_hh, w_hr, h0, c0, lengths, rev, cfg, cooperative=True
-                )
+                persistent.persistent_forward(fwd, cfg, cooperative=True)
             return
-        args = (
+        bwd = BackwardArgs(
             _empty(T, B, P, dtype=dt),  # d_out
             torch.zeros(B, P, dtype=dt),  # d_hn
             torch.zeros(B, H, dtype=dt),  # d_cn
@@ -323,11 +323,11 @@ def call_launcher(case: Case, cfg=None) -> None:
             rev,
         )
         if case.design == "batch":
-            batch.backward(*args, cfg)
+            batch.backward(bwd, cfg)
         elif case.design == "step":
-            persistent.step_backward(*args, cfg)
+            persistent.step_backward(bwd, cfg)
         else:
-            persistent.persistent_backward(*args, cfg, cooperative=True)
+            persistent.persistent_backward(bwd, cfg, cooperative=True)
 
 
 class Compiler:

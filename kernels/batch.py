@@ -19,7 +19,15 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import optional_inputs, positions, sigmoid, tanh, tile_lengths
+from .common import (
+    BackwardArgs,
+    ForwardArgs,
+    optional_inputs,
+    positions,
+    sigmoid,
+    tanh,
+    tile_lengths,
+)
 from .launch import BatchConfig, dot_precision, launch
 
 __all__ = ["backward", "forward"]
@@ -385,18 +393,10 @@ def _kernel_options(cfg: BatchConfig, hidden: int, proj: int, reverse: bool, dty
     )
 
 
-def forward(
-    xp: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    cfg: BatchConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def forward(a: ForwardArgs, cfg: BatchConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward time loop in one launch (no autograd); the contract of
     ``fastlstm.kernels.recurrence_forward``."""
+    xp, w_hh, w_hr, h0, c0, lengths, reverse = a
     T, B, G = xp.shape
     H, P = G // 4, w_hh.shape[1]
     dev, f32 = xp.device, torch.float32
@@ -430,21 +430,10 @@ def forward(
     return out, h_n, c_n, gates, cs
 
 
-def backward(
-    d_out: Tensor,
-    d_hn: Tensor,
-    d_cn: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    c0: Tensor,
-    gates: Tensor,
-    cs: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    cfg: BatchConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def backward(a: BackwardArgs, cfg: BatchConfig) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Backpropagation through time in one launch; the contract of
     ``fastlstm.kernels.recurrence_backward``."""
+    d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse = a
     T, B, G = gates.shape
     H, P = G // 4, w_hh.shape[1]
     dev, f32 = gates.device, torch.float32

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["empty", "optional_inputs", "positions", "sigmoid", "tanh", "tile_lengths"]
+__all__ = [
+    "BackwardArgs",
+    "ForwardArgs",
+    "empty",
+    "optional_inputs",
+    "positions",
+    "sigmoid",
+    "tanh",
+    "tile_lengths",
+]
 
 # Optional inputs are passed as None pointers; these constexprs switch their code in or out,
 # so one kernel serves every case without stand-in tensors.
@@ -56,3 +67,30 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a launcher hands to a kernel comes from here: the tests swap in a
     NaN-filled version, so an element a kernel never writes cannot pass."""
     return torch.empty(*shape, dtype=dtype, device=device)
+
+
+class ForwardArgs(NamedTuple):
+    """What every design's forward launcher takes: ``recurrence_forward``'s arguments."""
+
+    xp: Tensor  # [T, B, 4H] input projection with both biases added
+    w_hh: Tensor  # [4H, P]
+    w_hr: Tensor | None  # [P, H] projection weight, or None
+    h0: Tensor  # [B, P]
+    c0: Tensor  # [B, H]
+    lengths: Tensor | None  # [B] int64 in [1, T], or None: every sequence is T long
+    reverse: bool
+
+
+class BackwardArgs(NamedTuple):
+    """What every design's backward launcher takes: ``recurrence_backward``'s arguments."""
+
+    d_out: Tensor  # [T, B, P]
+    d_hn: Tensor  # [B, P]
+    d_cn: Tensor  # [B, H]
+    w_hh: Tensor  # [4H, P]
+    w_hr: Tensor | None  # [P, H], or None
+    c0: Tensor  # [B, H]
+    gates: Tensor  # [T, B, 4H] fp32 saved activations
+    cs: Tensor  # [T, B, H] fp32 saved cell states
+    lengths: Tensor | None  # [B] int64, or None
+    reverse: bool

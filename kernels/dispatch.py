@@ -24,6 +24,7 @@ from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
 from . import batch, measured, persistent
+from .common import BackwardArgs, ForwardArgs
 from .launch import (
     DESIGN_ENV,
     DESIGNS,
@@ -288,16 +289,15 @@ def recurrence_forward(
     H, P = G // 4, w_hh.shape[1]
     proj = 0 if w_hr is None else P
     target = target_of(xp.device)
+    a = ForwardArgs(xp, w_hh, w_hr, h0, c0, lengths, reverse)
 
     def launch_one(design: str, config: _Config):
         if design == "batch":
-            return batch.forward(xp, w_hh, w_hr, h0, c0, lengths, reverse, batch_config(B, H))
+            return batch.forward(a, batch_config(B, H))
         cfg = persistent_config(target, design, w_hh.dtype, B, H, proj)
         if design == "step":
-            return persistent.step_forward(xp, w_hh, w_hr, h0, c0, lengths, reverse, cfg)
-        results, flag = persistent.persistent_forward(
-            xp, w_hh, w_hr, h0, c0, lengths, reverse, cfg, cooperative=not target.interpreter
-        )
+            return persistent.step_forward(a, cfg)
+        results, flag = persistent.persistent_forward(a, cfg, cooperative=not target.interpreter)
         _watch_barrier(config, flag)
         return results
 
@@ -328,17 +328,15 @@ def recurrence_backward(
     H, P = G // 4, w_hh.shape[1]
     proj = 0 if w_hr is None else P
     target = target_of(gates.device)
-    args = (d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse)
+    a = BackwardArgs(d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse)
 
     def launch_one(design: str, config: _Config):
         if design == "batch":
-            return batch.backward(*args, batch_config(B, H))
+            return batch.backward(a, batch_config(B, H))
         cfg = persistent_config(target, design, w_hh.dtype, B, H, proj)
         if design == "step":
-            return persistent.step_backward(*args, cfg)
-        results, flag = persistent.persistent_backward(
-            *args, cfg, cooperative=not target.interpreter
-        )
+            return persistent.step_backward(a, cfg)
+        results, flag = persistent.persistent_backward(a, cfg, cooperative=not target.interpreter)
         _watch_barrier(config, flag)
         return results
 

@@ -23,7 +23,15 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import optional_inputs, positions, sigmoid, tanh, tile_lengths
+from .common import (
+    BackwardArgs,
+    ForwardArgs,
+    optional_inputs,
+    positions,
+    sigmoid,
+    tanh,
+    tile_lengths,
+)
 from .launch import PersistentConfig, dot_precision, launch, pow2
 
 __all__ = [
@@ -831,8 +839,9 @@ def _blocks(cfg: PersistentConfig, hidden: int, proj: int) -> dict[str, int]:
     }
 
 
-def _forward_args(xp, w_hh, w_hr, h0, lengths, reverse, cfg) -> tuple[dict, tuple]:
+def _forward_args(a: ForwardArgs, cfg: PersistentConfig) -> tuple[dict, tuple]:
     """The arguments both forward designs share, and the outputs they allocate."""
+    xp, w_hh, w_hr, h0, _, lengths, reverse = a
     T, B, G = xp.shape
     H, P = G // 4, w_hh.shape[1]
     proj = 0 if w_hr is None else P
@@ -868,16 +877,7 @@ def _forward_args(xp, w_hh, w_hr, h0, lengths, reverse, cfg) -> tuple[dict, tupl
 
 
 def persistent_forward(
-    xp: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    cfg: PersistentConfig,
-    *,
-    cooperative: bool,
+    a: ForwardArgs, cfg: PersistentConfig, *, cooperative: bool
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]:
     """The forward loop in one launch; the contract of ``fastlstm.kernels.recurrence_forward``.
 
@@ -885,20 +885,20 @@ def persistent_forward(
     1 when a barrier timed out; the results are then NaN). ``cooperative`` asks the driver to
     make every program resident at once (always on a GPU; the interpreter ignores it).
     """
-    _, B, G = xp.shape
-    H, P = G // 4, w_hh.shape[1]
-    args, (out, gates, cs) = _forward_args(xp, w_hh, w_hr, h0, lengths, reverse, cfg)
-    h_n = common.empty(B, P, dtype=h0.dtype, device=xp.device)
-    c_n = common.empty(B, H, dtype=c0.dtype, device=xp.device)
+    _, B, G = a.xp.shape
+    H, P = G // 4, a.w_hh.shape[1]
+    args, (out, gates, cs) = _forward_args(a, cfg)
+    h_n = common.empty(B, P, dtype=a.h0.dtype, device=a.xp.device)
+    c_n = common.empty(B, H, dtype=a.c0.dtype, device=a.xp.device)
     grid = cfg.grid(B, H)
-    sync = _barrier_counters(grid[1], xp.device)
+    sync = _barrier_counters(grid[1], a.xp.device)
     launch(
         _persistent_fwd_kernel,
         grid,
         num_warps=cfg.warps("persistent_fwd"),
         maxnreg=cfg.maxnreg,
         cooperative=cooperative,
-        c0=c0.contiguous(),
+        c0=a.c0.contiguous(),
         h_n=h_n,
         c_n=c_n,
         sync=sync,
@@ -909,39 +909,33 @@ def persistent_forward(
 
 
 def step_forward(
-    xp: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    cfg: PersistentConfig,
+    a: ForwardArgs, cfg: PersistentConfig
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward loop, one launch per step (two with a projection)."""
-    T, B, G = xp.shape
+    T, B, G = a.xp.shape
     H = G // 4
-    args, (out, gates, cs) = _forward_args(xp, w_hh, w_hr, h0, lengths, reverse, cfg)
-    c_state = common.empty(B, H, dtype=torch.float32, device=xp.device)
-    c_state.copy_(c0)
+    args, (out, gates, cs) = _forward_args(a, cfg)
+    c_state = common.empty(B, H, dtype=torch.float32, device=a.xp.device)
+    c_state.copy_(a.c0)
     grid = cfg.grid(B, H)
     for s in range(T):
         launch(
             _step_fwd_kernel, grid, s=s, c_state=c_state, PROJ_PHASE=False,
             num_warps=cfg.warps("step_fwd_cell"), maxnreg=cfg.maxnreg, **args,
         )  # fmt: skip
-        if w_hr is not None:
+        if a.w_hr is not None:
             launch(
                 _step_fwd_kernel, grid, s=s, c_state=c_state, PROJ_PHASE=True,
                 num_warps=cfg.warps("step_fwd_proj"), maxnreg=cfg.maxnreg, **args,
             )  # fmt: skip
     # Rows past their length kept their state: the buffers hold each row's last valid step.
     h_state = args["h_state"]
-    return out, h_state[T % 2].to(h0.dtype), c_state.to(c0.dtype), gates, cs
+    return out, h_state[T % 2].to(a.h0.dtype), c_state.to(a.c0.dtype), gates, cs
 
 
-def _backward_args(d_out, d_hn, w_hh, w_hr, c0, gates, cs, lengths, reverse, cfg) -> dict:
+def _backward_args(a: BackwardArgs, cfg: PersistentConfig) -> dict:
     """The arguments both backward designs share, with the buffers they allocate."""
+    d_out, d_hn, _, w_hh, w_hr, c0, gates, cs, lengths, reverse = a
     T, B, G = gates.shape
     H, P = G // 4, w_hh.shape[1]
     proj = 0 if w_hr is None else P
@@ -981,33 +975,21 @@ def _backward_results(args: dict, d_c0: Tensor) -> tuple[Tensor, Tensor, Tensor,
 
 
 def persistent_backward(
-    d_out: Tensor,
-    d_hn: Tensor,
-    d_cn: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    c0: Tensor,
-    gates: Tensor,
-    cs: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    cfg: PersistentConfig,
-    *,
-    cooperative: bool,
+    a: BackwardArgs, cfg: PersistentConfig, *, cooperative: bool
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor | None], Tensor]:
     """Backpropagation through time in one launch; the contract of
     ``fastlstm.kernels.recurrence_backward``, plus the barrier's error flag (as forward)."""
-    args = _backward_args(d_out, d_hn, w_hh, w_hr, c0, gates, cs, lengths, reverse, cfg)
-    _, B, G = gates.shape
+    args = _backward_args(a, cfg)
+    _, B, G = a.gates.shape
     grid = cfg.grid(B, G // 4)
-    d_c0 = common.empty(B, G // 4, dtype=torch.float32, device=gates.device)
-    sync = _barrier_counters(grid[1], gates.device)
+    d_c0 = common.empty(B, G // 4, dtype=torch.float32, device=a.gates.device)
+    sync = _barrier_counters(grid[1], a.gates.device)
     launch(
         _persistent_bwd_kernel,
         grid,
         num_warps=cfg.warps("persistent_bwd"),
         cooperative=cooperative,
-        d_cn=d_cn.contiguous(),
+        d_cn=a.d_cn.contiguous(),
         d_c0=d_c0,
         sync=sync,
         spin_limit=SPIN_LIMIT,
@@ -1017,26 +999,16 @@ def persistent_backward(
 
 
 def step_backward(
-    d_out: Tensor,
-    d_hn: Tensor,
-    d_cn: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    c0: Tensor,
-    gates: Tensor,
-    cs: Tensor,
-    lengths: Tensor | None,
-    reverse: bool,
-    cfg: PersistentConfig,
+    a: BackwardArgs, cfg: PersistentConfig
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Backpropagation through time, one launch per step (two with a projection)."""
-    args = _backward_args(d_out, d_hn, w_hh, w_hr, c0, gates, cs, lengths, reverse, cfg)
-    T, B, G = gates.shape
+    args = _backward_args(a, cfg)
+    T, B, G = a.gates.shape
     grid = cfg.grid(B, G // 4)
-    d_c0 = common.empty(B, G // 4, dtype=torch.float32, device=gates.device)
-    d_c0.copy_(d_cn)  # the gradient reaching c, updated in place step by step
+    d_c0 = common.empty(B, G // 4, dtype=torch.float32, device=a.gates.device)
+    d_c0.copy_(a.d_cn)  # the gradient reaching c, updated in place step by step
     for s in range(T - 1, -1, -1):
-        if w_hr is not None:
+        if a.w_hr is not None:
             launch(
                 _step_bwd_kernel, grid, s=s, dc_state=d_c0, PROJ_PHASE=True,
                 num_warps=cfg.warps("step_bwd_proj"), **args,
