@@ -1,8 +1,9 @@
 """Registers, spills and shared memory of every Triton LSTM binary a call can run, for sm_90.
 
 Compile what runs. No GPU is needed and nothing is built by hand: for every configuration of
-the grid the script calls the real launchers (``kernels.batch.forward`` / ``backward``,
-``kernels.persistent.persistent_forward`` / ``step_forward`` / ``persistent_backward`` /
+the grid the script calls the real launchers through the dispatcher's door
+(``kernels.dispatch.launch_design``: ``batch.forward`` / ``backward``,
+``persistent.persistent_forward`` / ``step_forward`` / ``persistent_backward`` /
 ``step_backward``) with CPU tensors of the real shapes (``T = 2``: ``T`` and ``B`` are
 ``do_not_specialize``, so the sequence length changes no binary), at the tiles the
 dispatcher plans for an H200 (``launch.batch_config``; ``launch.persistent_config(launch.H200,
@@ -96,7 +97,7 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 
-from fastlstm.kernels import batch, launch, persistent
+from fastlstm.kernels import batch, dispatch, launch, persistent
 from fastlstm.kernels.common import BackwardArgs, ForwardArgs
 
 PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {  # name: (dtype, cudnn.allow_tf32)
@@ -108,7 +109,6 @@ PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {  # name: (dtype, cudnn.allow
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 BATCHES = (1, 64, 256, 1024, 4096)
 HIDDENS = (64, 128, 256, 512, 1024)
-DESIGNS = ("batch", "persistent", "step")
 TARGET = launch.H200
 SMEM_LIMIT = TARGET.smem_per_block
 GPU_TARGET = GPUTarget("cuda", 90, 32)
@@ -303,12 +303,7 @@ def call_launcher(case: Case, cfg=None) -> None:
             xp = _empty(T, B, 4 * H, dtype=dt)
             h0 = torch.zeros(B, P, dtype=dt)
             fwd = ForwardArgs(xp, w_hh, w_hr, h0, c0, lengths, rev)
-            if case.design == "batch":
-                batch.forward(fwd, cfg)
-            elif case.design == "step":
-                persistent.step_forward(fwd, cfg)
-            else:
-                persistent.persistent_forward(fwd, cfg, cooperative=True)
+            dispatch.launch_design(case.design, "forward", fwd, cfg, cooperative=True)
             return
         bwd = BackwardArgs(
             _empty(T, B, P, dtype=dt),  # d_out
@@ -322,12 +317,7 @@ def call_launcher(case: Case, cfg=None) -> None:
             lengths,
             rev,
         )
-        if case.design == "batch":
-            batch.backward(bwd, cfg)
-        elif case.design == "step":
-            persistent.step_backward(bwd, cfg)
-        else:
-            persistent.persistent_backward(bwd, cfg, cooperative=True)
+        dispatch.launch_design(case.design, "backward", bwd, cfg, cooperative=True)
 
 
 class Compiler:
@@ -493,7 +483,7 @@ def _names(choices: Iterable[str]):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--design", type=_names(DESIGNS), default=list(DESIGNS))
+    parser.add_argument("--design", type=_names(launch.DESIGNS), default=list(launch.DESIGNS))
     parser.add_argument("--precision", type=_names(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--batch", type=_ints, default=list(BATCHES))
     parser.add_argument("--hidden", type=_ints, default=list(HIDDENS))

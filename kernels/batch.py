@@ -19,15 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import (
-    BackwardArgs,
-    ForwardArgs,
-    optional_inputs,
-    positions,
-    sigmoid,
-    tanh,
-    tile_lengths,
-)
+from .common import optional_inputs, positions, sigmoid, tanh, tile_lengths
 from .launch import BatchConfig, dot_precision, launch
 
 __all__ = ["backward", "forward"]
@@ -393,7 +385,9 @@ def _kernel_options(cfg: BatchConfig, hidden: int, proj: int, reverse: bool, dty
     )
 
 
-def forward(a: ForwardArgs, cfg: BatchConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def forward(
+    a: common.ForwardArgs, cfg: BatchConfig
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward time loop in one launch (no autograd); the contract of
     ``fastlstm.kernels.recurrence_forward``."""
     xp, w_hh, w_hr, h0, c0, lengths, reverse = a
@@ -430,7 +424,9 @@ def forward(a: ForwardArgs, cfg: BatchConfig) -> tuple[Tensor, Tensor, Tensor, T
     return out, h_n, c_n, gates, cs
 
 
-def backward(a: BackwardArgs, cfg: BatchConfig) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def backward(
+    a: common.BackwardArgs, cfg: BatchConfig
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Backpropagation through time in one launch; the contract of
     ``fastlstm.kernels.recurrence_backward``."""
     d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse = a

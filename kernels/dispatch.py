@@ -40,6 +40,7 @@ __all__ = [
     "KernelLaunchError",
     "choose_design",
     "forced_design",
+    "launch_design",
     "measured_designs",
     "recurrence_backward",
     "recurrence_forward",
@@ -224,9 +225,24 @@ def _retire(config: _Config, cause: str) -> None:
     )
 
 
-def _run(kind: str, designs, shape: tuple, device: torch.device, dtype: torch.dtype, launch_one):
-    """Try ``designs`` in order; ``launch_one(design, config)`` runs one."""
+def launch_design(design: str, kind: str, a, cfg, *, cooperative: bool):
+    """Run one design's ``kind`` ("forward" or "backward") launcher on ``a`` (ForwardArgs or
+    BackwardArgs) at ``cfg``; returns its results and, for ``persistent``, the barrier's error
+    flag (else None). ``benchmarks/kernel_resources.py`` compiles through this door too."""
+    if design == "batch":
+        launcher = batch.forward if kind == "forward" else batch.backward
+        return launcher(a, cfg), None
+    # Looked up at call time: the tests replace launchers to watch or fail them.
+    launcher = getattr(persistent, f"{design}_{kind}")
+    if design == "step":
+        return launcher(a, cfg), None
+    return launcher(a, cfg, cooperative=cooperative)
+
+
+def _run(kind: str, designs, a, shape: tuple, device: torch.device, dtype: torch.dtype):
+    """Try ``designs`` in order on ``a``, each at the tiles planned for ``device``."""
     batch_size, hidden, proj = shape
+    target = target_of(device)
     _read_barrier_flags()
     order, fallback = _candidates(designs, device, dtype, batch_size, hidden, proj)
     causes = []
@@ -241,13 +257,21 @@ def _run(kind: str, designs, shape: tuple, device: torch.device, dtype: torch.dt
                 raise RuntimeError(f"the {design} LSTM kernels cannot run this call: {reason}")
             causes.append(f"{design}: {reason}")
             continue
+        if design == "batch":
+            cfg = batch_config(batch_size, hidden)
+        else:
+            cfg = persistent_config(target, design, dtype, batch_size, hidden, proj)
         try:
-            return launch_one(design, config)
+            results, flag = launch_design(design, kind, a, cfg, cooperative=not target.interpreter)
         except Exception as err:
             if not (fallback and _is_launch_failure(err)):
                 raise
             _retire(config, f"{type(err).__name__}: {err}")
             causes.append(f"{design}: {err}")
+            continue
+        if flag is not None:
+            _watch_barrier(config, flag)
+        return results
     raise KernelLaunchError(
         f"no Triton kernel design could run this {kind} pass: " + "; ".join(causes)
     )
@@ -286,22 +310,9 @@ def recurrence_forward(
         RuntimeError: a pinned or forced design cannot serve the call.
     """
     _, B, G = xp.shape
-    H, P = G // 4, w_hh.shape[1]
-    proj = 0 if w_hr is None else P
-    target = target_of(xp.device)
+    proj = 0 if w_hr is None else w_hh.shape[1]
     a = ForwardArgs(xp, w_hh, w_hr, h0, c0, lengths, reverse)
-
-    def launch_one(design: str, config: _Config):
-        if design == "batch":
-            return batch.forward(a, batch_config(B, H))
-        cfg = persistent_config(target, design, w_hh.dtype, B, H, proj)
-        if design == "step":
-            return persistent.step_forward(a, cfg)
-        results, flag = persistent.persistent_forward(a, cfg, cooperative=not target.interpreter)
-        _watch_barrier(config, flag)
-        return results
-
-    return _run("forward", designs, (B, H, proj), xp.device, w_hh.dtype, launch_one)
+    return _run("forward", designs, a, (B, G // 4, proj), xp.device, w_hh.dtype)
 
 
 def recurrence_backward(
@@ -325,19 +336,6 @@ def recurrence_backward(
     :func:`recurrence_forward`.
     """
     _, B, G = gates.shape
-    H, P = G // 4, w_hh.shape[1]
-    proj = 0 if w_hr is None else P
-    target = target_of(gates.device)
+    proj = 0 if w_hr is None else w_hh.shape[1]
     a = BackwardArgs(d_out, d_hn, d_cn, w_hh, w_hr, c0, gates, cs, lengths, reverse)
-
-    def launch_one(design: str, config: _Config):
-        if design == "batch":
-            return batch.backward(a, batch_config(B, H))
-        cfg = persistent_config(target, design, w_hh.dtype, B, H, proj)
-        if design == "step":
-            return persistent.step_backward(a, cfg)
-        results, flag = persistent.persistent_backward(a, cfg, cooperative=not target.interpreter)
-        _watch_barrier(config, flag)
-        return results
-
-    return _run("backward", designs, (B, H, proj), gates.device, w_hh.dtype, launch_one)
+    return _run("backward", designs, a, (B, G // 4, proj), gates.device, w_hh.dtype)

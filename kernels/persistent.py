@@ -23,15 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import (
-    BackwardArgs,
-    ForwardArgs,
-    optional_inputs,
-    positions,
-    sigmoid,
-    tanh,
-    tile_lengths,
-)
+from .common import optional_inputs, positions, sigmoid, tanh, tile_lengths
 from .launch import PersistentConfig, dot_precision, launch, pow2
 
 __all__ = [
@@ -839,7 +831,7 @@ def _blocks(cfg: PersistentConfig, hidden: int, proj: int) -> dict[str, int]:
     }
 
 
-def _forward_args(a: ForwardArgs, cfg: PersistentConfig) -> tuple[dict, tuple]:
+def _forward_args(a: common.ForwardArgs, cfg: PersistentConfig) -> tuple[dict, tuple]:
     """The arguments both forward designs share, and the outputs they allocate."""
     xp, w_hh, w_hr, h0, _, lengths, reverse = a
     T, B, G = xp.shape
@@ -877,7 +869,7 @@ def _forward_args(a: ForwardArgs, cfg: PersistentConfig) -> tuple[dict, tuple]:
 
 
 def persistent_forward(
-    a: ForwardArgs, cfg: PersistentConfig, *, cooperative: bool
+    a: common.ForwardArgs, cfg: PersistentConfig, *, cooperative: bool
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]:
     """The forward loop in one launch; the contract of ``fastlstm.kernels.recurrence_forward``.
 
@@ -909,7 +901,7 @@ def persistent_forward(
 
 
 def step_forward(
-    a: ForwardArgs, cfg: PersistentConfig
+    a: common.ForwardArgs, cfg: PersistentConfig
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward loop, one launch per step (two with a projection)."""
     T, B, G = a.xp.shape
@@ -933,7 +925,7 @@ def step_forward(
     return out, h_state[T % 2].to(a.h0.dtype), c_state.to(a.c0.dtype), gates, cs
 
 
-def _backward_args(a: BackwardArgs, cfg: PersistentConfig) -> dict:
+def _backward_args(a: common.BackwardArgs, cfg: PersistentConfig) -> dict:
     """The arguments both backward designs share, with the buffers they allocate."""
     d_out, d_hn, _, w_hh, w_hr, c0, gates, cs, lengths, reverse = a
     T, B, G = gates.shape
@@ -975,7 +967,7 @@ def _backward_results(args: dict, d_c0: Tensor) -> tuple[Tensor, Tensor, Tensor,
 
 
 def persistent_backward(
-    a: BackwardArgs, cfg: PersistentConfig, *, cooperative: bool
+    a: common.BackwardArgs, cfg: PersistentConfig, *, cooperative: bool
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor | None], Tensor]:
     """Backpropagation through time in one launch; the contract of
     ``fastlstm.kernels.recurrence_backward``, plus the barrier's error flag (as forward)."""
@@ -999,7 +991,7 @@ def persistent_backward(
 
 
 def step_backward(
-    a: BackwardArgs, cfg: PersistentConfig
+    a: common.BackwardArgs, cfg: PersistentConfig
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Backpropagation through time, one launch per step (two with a projection)."""
     args = _backward_args(a, cfg)
