@@ -302,7 +302,7 @@ def _check_lengths_traced(lengths: Tensor, batch_size, seq_len, device: torch.de
             ok = (lengths.min() >= 1) & (lengths.max() <= seq_len)
             torch._assert_async(ok, message)
         else:
-            lo, hi = int(lengths.min().item()), int(lengths.max().item())
+            lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one device read, not two
             torch._check(lo >= 1, lambda: message)
             torch._check(hi <= seq_len, lambda: message)
     return lengths.to(device=device, dtype=torch.int64)
