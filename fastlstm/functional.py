@@ -321,8 +321,9 @@ def _choose(backend, design, x, weights, hidden, proj, batch, traced) -> Backend
     # Under autocast the recurrence runs in the autocast dtype: ask about that one.
     run_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     # A PackedSequence's batch size in a traced graph is known only when the graph runs (it
-    # is data): choose as for a batch of 1, and let the kernels pick their design at run time
-    # from the real batch (they check each design against it and fall back).
+    # is data): choose as for a batch of 1. A named Triton backend then lets the kernels pick
+    # their design at run time from the real batch (they check each design against it and
+    # fall back); auto does not run Triton there, since no measurement is known to apply.
     unknown_batch = isinstance(batch, torch.SymInt) and not batch.node.has_hint()
     choice = select_backend(
         backend,
@@ -335,8 +336,8 @@ def _choose(backend, design, x, weights, hidden, proj, batch, traced) -> Backend
         compiling=traced,
         transformed=transformed,
     )
-    if unknown_batch and choice.designs is not None and not choice.pinned:
-        choice = dataclasses.replace(choice, designs=None)
+    if unknown_batch and backend == "auto" and choice.name == "triton":
+        return BackendChoice("reference", "batch size known only when the graph runs")
     return choice
 
 
