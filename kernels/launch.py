@@ -230,6 +230,9 @@ def max_tile_units(hidden: int, proj: int) -> int:
     return 512 if not proj and pow2(hidden) <= 256 else 256
 
 
+# Planned on every call (and asked again by plan_why_not): a pure function of hashable
+# arguments, so it is worked out once per shape class.
+@functools.lru_cache(maxsize=512)
 def persistent_config(
     target: Target, design: str, dtype: torch.dtype, batch: int, hidden: int, proj: int
 ) -> PersistentConfig:
